@@ -1,0 +1,1 @@
+"""tomes: the core (settings, store, ingestion) and the front doors (API, CLI)."""

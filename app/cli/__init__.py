@@ -1,0 +1,32 @@
+"""The ``tomes`` command. One module per group of commands; each calls app.api only."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from app.errors import TomesError
+
+app = typer.Typer(
+    name="tomes",
+    help="Read documents far longer than any model's context: ask, summarize, track.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+# Importing a module registers its commands on `app`.
+from app.cli import documents, models, runs, search  # noqa: E402,F401
+
+
+def main() -> None:
+    try:
+        app()
+    except TomesError as exc:
+        from app.cli._output import console_err
+
+        console_err.print(f"[bold red]error:[/] {exc.cause}")
+        if exc.fix:
+            console_err.print(f"[yellow]fix:[/] {exc.fix}")
+        sys.exit(1)

@@ -1,0 +1,49 @@
+"""Shared output helpers: Rich for people, JSON for scripts, progress from events."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from app.events import Event, OnEvent
+
+console = Console()
+console_err = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def progress(enabled: bool = True) -> Iterator[OnEvent]:
+    """An event callback that draws one bar per stage on stderr (never on --json's stdout)."""
+    if not enabled:
+        yield lambda _e: None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[message]}", style="dim"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console_err,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_event(event: Event) -> None:
+        task = tasks.get(event.stage)
+        if task is None:
+            task = tasks[event.stage] = bars.add_task(event.stage, total=event.total, message="")
+        bars.update(task, completed=event.done, total=event.total, message=event.message[:40])
+
+    with bars:
+        yield on_event

@@ -1,0 +1,96 @@
+"""tomes ingest / docs / show / rm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from app.api import Tomes
+from app.cli import app
+from app.cli._output import console, print_json, progress
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    paths: list[Path] = typer.Argument(..., help="Files or directories to ingest."),
+    corpus: str = typer.Option("default", "--corpus", "-c", help="Corpus to add them to."),
+    embed: bool = typer.Option(True, "--embed/--no-embed", help="Embed and index the chunks."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Read files into a corpus: text, chunks, embeddings. Same content twice is a no-op."""
+    with progress(not as_json) as on_event:
+        report = Tomes().ingest(paths, corpus, embed=embed, on_event=on_event)
+    if as_json:
+        print_json({
+            "corpus": report.corpus, "embedded": report.embedded,
+            "outcomes": [o.__dict__ for o in report.outcomes],
+        })
+    else:
+        console.print(
+            f"[green]{len(report.added)} added[/], {len(report.skipped)} unchanged, "
+            f"[red]{len(report.failed)} failed[/] in corpus [bold]{report.corpus}[/]"
+            + (f"; {report.embedded} chunks embedded" if report.embedded else "")
+        )
+        for o in report.failed:
+            console.print(f"  [red]✗[/] {o.error}")
+    if report.failed and not (report.added or report.skipped):
+        raise typer.Exit(1)
+
+
+@app.command("docs")
+def docs_cmd(
+    corpus: str = typer.Option(None, "--corpus", "-c", help="Only this corpus."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List documents."""
+    docs = Tomes().documents(corpus)
+    if as_json:
+        print_json(docs)
+        return
+    table = Table("id", "title", "corpus", "format", "chars", "chunks", "tokens")
+    for d in docs:
+        table.add_row(str(d["id"]), d["title"], d["corpus"], d["format"],
+                      f"{d['chars']:,}", str(d["chunks"]), f"{d['tokens']:,}")
+    console.print(table if docs else "No documents yet: add some with `tomes ingest PATH`.")
+
+
+@app.command("show")
+def show_cmd(
+    doc: str = typer.Argument(..., help="Document id, title or file name."),
+    limit: int = typer.Option(20, "--limit", "-n", help="Chunks to show (0: all)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """A document's metadata and chunks."""
+    info = Tomes().document(doc)
+    if as_json:
+        print_json(info)
+        return
+    chunks = info.pop("chunks")
+    meta = info.pop("meta")
+    for key, value in info.items():
+        console.print(f"[bold]{key:>10}[/] {value}")
+    if meta.get("boilerplate"):
+        console.print(f"[bold]{'removed':>10}[/] {len(meta['boilerplate'])} boilerplate block(s)")
+    table = Table("#", "id", "span", "page", "tokens", "text")
+    for c in chunks[: limit or None]:
+        preview = " ".join(c["text"].split())[:80]
+        table.add_row(str(c["ordinal"]), str(c["id"]), f"{c['start']}-{c['end']}",
+                      str(c["page"] or ""), str(c["tokens"]), preview)
+    console.print(table)
+    if limit and len(chunks) > limit:
+        console.print(f"... {len(chunks) - limit} more (use --limit 0 for all)")
+
+
+@app.command("rm")
+def rm_cmd(doc: str = typer.Argument(..., help="Document id, title or file name."),
+           as_json: bool = JsonOpt) -> None:
+    """Remove a document, its chunks and its vectors."""
+    info = Tomes().remove(doc)
+    if as_json:
+        print_json(info)
+    else:
+        console.print(f"Removed document {info['id']} ({info['title']}), {info['chunks']} chunks.")

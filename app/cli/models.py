@@ -1,0 +1,1 @@
+"""tomes commands: models (see the issue that owns it)."""

@@ -1,0 +1,1 @@
+"""tomes commands: runs (see the issue that owns it)."""

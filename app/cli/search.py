@@ -1,0 +1,1 @@
+"""tomes commands: search (see the issue that owns it)."""

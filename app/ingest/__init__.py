@@ -1,0 +1,1 @@
+"""Turning files into documents and chunks: readers, chunking, and the ingest service."""

@@ -1,0 +1,157 @@
+"""Ingest: files -> Document and Chunk rows (one transaction per file) -> embeddings.
+
+A failure in one file never stops the others and never leaves half-written rows: each
+file is read, chunked and written inside its own transaction, and embedding runs only
+on what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.errors import IngestError
+from app.events import Event, OnEvent, ignore
+from app.ingest.chunking import chunk_text
+from app.ingest.readers import SUPPORTED_SUFFIXES, read_file
+from app.settings import get_settings
+from app.store import Chunk, Corpus, Document, session_scope
+
+
+@dataclass
+class Outcome:
+    path: str
+    status: str  # "added" | "skipped" | "failed"
+    document_id: int | None = None
+    chunks: int = 0
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    corpus: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    embedded: int = 0  # chunks embedded and indexed
+
+    def _with(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def added(self) -> list[Outcome]:
+        return self._with("added")
+
+    @property
+    def skipped(self) -> list[Outcome]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return self._with("failed")
+
+
+def expand(paths: list[Path]) -> tuple[list[Path], list[Outcome]]:
+    """Files to ingest (directories walked, in a stable order) and paths that failed."""
+    files: list[Path] = []
+    missing: list[Outcome] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                p for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(Outcome(str(path), "failed", error=f"{path}: no such file or directory. Check the path"))
+    return files, missing
+
+
+def corpus_id(session, name: str) -> int:
+    corpus = session.scalar(select(Corpus).where(Corpus.name == name))
+    if corpus is None:
+        corpus = Corpus(name=name)
+        session.add(corpus)
+        session.flush()
+    return corpus.id
+
+
+def ingest_file(path: Path, corpus: str) -> Outcome:
+    settings = get_settings()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(str(path), f"cannot be read ({exc.strerror})", "check its permissions") from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    with session_scope() as session:
+        cid = corpus_id(session, corpus)
+        existing = session.scalar(
+            select(Document.id).where(Document.corpus_id == cid, Document.content_hash == digest)
+        )
+    if existing is not None:
+        return Outcome(str(path), "skipped", document_id=existing)
+
+    result = read_file(path, max_bytes=int(settings.max_file_mb * 1024 * 1024), raw=raw)
+    if not result.text.strip():
+        raise IngestError(str(path), "has no text after reading", "check the file is not empty")
+    from serving.tokenizers import active_tokenizer
+
+    tokenizer = active_tokenizer()
+    spans = chunk_text(
+        result.text,
+        tokenizer,
+        max_tokens=settings.chunk_tokens,
+        overlap=settings.chunk_overlap,
+        page_starts=result.page_starts,
+    )
+    with session_scope() as session:
+        doc = Document(
+            corpus_id=corpus_id(session, corpus),
+            title=result.title,
+            source=str(path.resolve()),
+            format=result.format,
+            text=result.text,
+            content_hash=digest,
+            meta=result.meta,
+            page_starts=result.page_starts,
+            tokenizer=tokenizer.name,
+        )
+        doc.chunks = [
+            Chunk(
+                ordinal=i,
+                start=s.start,
+                end=s.end,
+                text=result.text[s.start : s.end],
+                page=s.page,
+                n_tokens=s.n_tokens,
+                content_hash=hashlib.sha256(result.text[s.start : s.end].encode()).hexdigest(),
+                heading=s.heading,
+            )
+            for i, s in enumerate(spans)
+        ]
+        session.add(doc)
+        session.flush()
+        return Outcome(str(path), "added", document_id=doc.id, chunks=len(spans))
+
+
+def ingest(
+    paths: list[Path], corpus: str = "default", *, embed: bool | None = None,
+    on_event: OnEvent = ignore,
+) -> IngestReport:
+    files, missing = expand([Path(p) for p in paths])
+    report = IngestReport(corpus=corpus, outcomes=list(missing))
+    for i, path in enumerate(files):
+        on_event(Event("read", i, len(files), message=path.name))
+        try:
+            report.outcomes.append(ingest_file(path, corpus))
+        except IngestError as exc:
+            report.outcomes.append(Outcome(str(path), "failed", error=str(exc)))
+    on_event(Event("read", len(files), len(files)))
+    if embed if embed is not None else get_settings().embed_on_ingest:
+        from retrieval import sync_corpus
+
+        report.embedded = sync_corpus(corpus, on_event=on_event)
+    return report

@@ -1,0 +1,142 @@
+"""Global settings with scoped overrides.
+
+Values come from defaults, then ``TOMES_*`` environment variables, then code:
+``configure(backend="openai")`` changes them for the process, ``with
+override(backend="scripted"):`` changes them for one block (and its tasks, since the
+override lives in a context variable).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("TOMES_HOME") or Path.home() / ".tomes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the SQLite database, FAISS indexes and caches live.
+    home: Path = field(default_factory=_default_home)
+
+    # Serving: which backend answers, which model it serves.
+    backend: str = "embedded"
+    model: str | None = None  # None: the backend's default model
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int | None = None  # None: the backend's own capacity
+    request_timeout: float = 600.0
+    cache: bool = True
+
+    # Ingestion.
+    max_file_mb: float = 50.0
+    chunk_tokens: int = 512
+    chunk_overlap: int = 0
+
+    # Retrieval.
+    embedder: str = "minilm"  # registered name, a local path or a sentence-transformers id
+    embed_on_ingest: bool = True
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "tomes.db"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "indexes"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.home / "checkpoints.db"
+
+
+_ENV: dict[str, type] = {
+    "backend": str,
+    "model": str,
+    "base_url": str,
+    "api_key_env": str,
+    "concurrency": int,
+    "request_timeout": float,
+    "max_file_mb": float,
+    "chunk_tokens": int,
+    "chunk_overlap": int,
+    "embedder": str,
+}
+
+
+def _from_env() -> Settings:
+    values: dict[str, object] = {}
+    for name, kind in _ENV.items():
+        raw = os.environ.get(f"TOMES_{name.upper()}")
+        if raw:
+            try:
+                values[name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"TOMES_{name.upper()}={raw!r} is not a valid {kind.__name__}; "
+                    f"fix or unset it"
+                ) from exc
+    if os.environ.get("TOMES_CACHE", "").lower() in {"0", "false", "off"}:
+        values["cache"] = False
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+_global: Settings | None = None
+_scoped: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "tomes_settings", default=None
+)
+
+
+def get_settings() -> Settings:
+    global _global
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    if _global is None:
+        _global = _from_env()
+    return _global
+
+
+def configure(**changes: object) -> Settings:
+    """Change settings for the whole process."""
+    global _global
+    _global = dataclasses.replace(get_settings(), **_coerce(changes))
+    return _global
+
+
+def reset() -> None:
+    """Forget process-wide changes and re-read the environment (tests use this)."""
+    global _global
+    _global = None
+
+
+@contextmanager
+def override(**changes: object) -> Iterator[Settings]:
+    """Change settings inside one block only."""
+    token = _scoped.set(dataclasses.replace(get_settings(), **_coerce(changes)))
+    try:
+        yield get_settings()
+    finally:
+        _scoped.reset(token)
+
+
+def _coerce(changes: dict[str, object]) -> dict[str, object]:
+    out = {k: v for k, v in changes.items() if v is not None or k == "model"}
+    if "home" in out:
+        out["home"] = Path(out["home"])  # type: ignore[arg-type]
+    return out

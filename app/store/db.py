@@ -1,0 +1,75 @@
+"""Opening the database: one engine per file, migrated to the newest schema on open."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import get_settings
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def _set_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the UI read while a batch job writes; foreign keys make deletes cascade.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def open_store(path: Path | None = None) -> Engine:
+    """The engine for ``path`` (default: the settings' database), created and migrated
+    on first use in this process."""
+    path = Path(path) if path is not None else get_settings().db_path
+    key = str(path.resolve())
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(f"sqlite:///{path}")
+            event.listen(engine, "connect", _set_pragmas)
+            command.upgrade(alembic_config(engine), "head")
+            _engines[key] = engine
+    return engine
+
+
+def dispose_all() -> None:
+    """Close every engine (tests switch TOMES_HOME between cases)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error, so a failure
+    never leaves half-written rows."""
+    factory = sessionmaker(engine or open_store(), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

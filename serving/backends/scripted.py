@@ -1,0 +1,68 @@
+"""A scripted model for tests and benchmarks, registered like the real backends.
+
+Give it a list of replies (replayed in order, the last one repeated) or a function of
+the request; ``latency`` adds a fixed sleep per call to isolate orchestration cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from serving.base import ApproxTokenizer, Backend, ChatRequest, ChatResponse, Usage
+
+Reply = str | ChatResponse | Exception
+
+
+class ScriptedBackend(Backend):
+    name: ClassVar[str] = "scripted"
+    supports_json_schema: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        replies: list[Reply] | Callable[[ChatRequest], Reply] | None = None,
+        *,
+        model: str = "scripted",
+        context_window: int = 8192,
+        capacity: int = 8,
+        latency: float = 0.0,
+        supports_json_schema: bool = True,
+    ) -> None:
+        self.replies = replies if replies is not None else ["ok"]
+        self.model = model
+        self.context_window = context_window
+        self.capacity = capacity
+        self.latency = latency
+        self.supports_json_schema = supports_json_schema  # type: ignore[misc]
+        self.requests: list[ChatRequest] = []
+        self._tokenizer = ApproxTokenizer()
+
+    def _next(self, request: ChatRequest) -> Reply:
+        if callable(self.replies):
+            return self.replies(request)
+        index = min(len(self.requests) - 1, len(self.replies) - 1)
+        return self.replies[index]
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        started = time.perf_counter()
+        self.requests.append(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        reply = self._next(request)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, ChatResponse):
+            return reply
+        prompt = "\n".join(m["content"] for m in request.messages)
+        return ChatResponse(
+            text=reply,
+            usage=Usage(self._tokenizer.count(prompt), self._tokenizer.count(reply)),
+            latency_s=time.perf_counter() - started,
+            model=self.model,
+            finish_reason="stop",
+        )
+
+    def tokenizer(self) -> ApproxTokenizer:
+        return self._tokenizer

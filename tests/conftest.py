@@ -1,0 +1,31 @@
+"""Every test gets its own TOMES_HOME in a temp dir, so no test touches a user's data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from app import settings
+from app.store.db import dispose_all
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TOMES_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def tomes_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "tomes-home"
+    monkeypatch.setenv("TOMES_HOME", str(home))
+    settings.reset()
+    yield home
+    dispose_all()
+    settings.reset()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"sample data not found at {SHARED_DATA}; set TOMES_SHARED_DATA")
+    return SHARED_DATA
