@@ -23,8 +23,13 @@ def _default_home() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    # Where the SQLite database, FAISS indexes and caches live.
+    # Where the SQLite database, FAISS indexes and run checkpoints live.
     home: Path = field(default_factory=_default_home)
+    # Derived artefacts that are costly to rebuild and safe to share between homes
+    # (e.g. a tokenizer converted from a GGUF file). Default: <home>/cache.
+    cache_root: Path | None = field(
+        default_factory=lambda: Path(p) if (p := os.environ.get("TOMES_CACHE_DIR")) else None
+    )
 
     # Serving: which backend answers, which model it serves.
     backend: str = "embedded"
@@ -58,7 +63,7 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return self.cache_root or self.home / "cache"
 
     @property
     def checkpoint_path(self) -> Path:
@@ -137,6 +142,7 @@ def override(**changes: object) -> Iterator[Settings]:
 
 def _coerce(changes: dict[str, object]) -> dict[str, object]:
     out = {k: v for k, v in changes.items() if v is not None or k == "model"}
-    if "home" in out:
-        out["home"] = Path(out["home"])  # type: ignore[arg-type]
+    for key in ("home", "cache_root"):
+        if out.get(key) is not None:
+            out[key] = Path(out[key])  # type: ignore[arg-type]
     return out

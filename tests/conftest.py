@@ -14,10 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOMES_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Costly derived artefacts (a converted tokenizer) are built once per test session."""
+    return tmp_path_factory.mktemp("tomes-cache")
+
+
 @pytest.fixture(autouse=True)
-def tomes_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def tomes_home(tmp_path: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "tomes-home"
     monkeypatch.setenv("TOMES_HOME", str(home))
+    monkeypatch.setenv("TOMES_CACHE_DIR", str(shared_cache))
+    # Unit tests use the registered fakes; tests of the real thing ask for it by name.
+    monkeypatch.setenv("TOMES_BACKEND", "scripted")
+    monkeypatch.setenv("TOMES_EMBEDDER", "hash")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings.reset()
     yield home
     dispose_all()
