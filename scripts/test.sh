@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite (CPU only). Extra arguments go to pytest, e.g. -m "not slow".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/pytest "$@"

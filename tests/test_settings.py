@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app import settings
+from app.settings import configure, get_settings, override
+
+
+def test_environment_sets_defaults(monkeypatch):
+    monkeypatch.setenv("TOMES_CHUNK_TOKENS", "300")
+    monkeypatch.setenv("TOMES_BACKEND", "openai")
+    settings.reset()
+    s = get_settings()
+    assert (s.chunk_tokens, s.backend) == (300, "openai")
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("TOMES_CHUNK_TOKENS", "lots")
+    settings.reset()
+    with pytest.raises(ValueError, match="TOMES_CHUNK_TOKENS"):
+        get_settings()
+
+
+def test_override_is_scoped_and_configure_is_global(tmp_path):
+    before = get_settings().backend
+    with override(backend="embedded", home=str(tmp_path)) as s:
+        assert s.backend == "embedded" and s.home == Path(tmp_path)
+        assert get_settings().db_path == Path(tmp_path) / "tomes.db"
+    assert get_settings().backend == before
+    configure(chunk_tokens=128)
+    assert get_settings().chunk_tokens == 128
+
+
+def test_override_follows_async_tasks():
+    async def read() -> str:
+        await asyncio.sleep(0)
+        return get_settings().backend
+
+    async def main() -> list[str]:
+        with override(backend="openai"):
+            inside = await asyncio.gather(read(), read())
+        return [*inside, await read()]
+
+    inside1, inside2, outside = asyncio.run(main())
+    assert inside1 == inside2 == "openai"
+    assert outside != "openai"
