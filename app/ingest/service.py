@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app.errors import IngestError
 from app.events import Event, OnEvent, ignore
 from app.ingest.chunking import chunk_text
-from app.ingest.readers import SUPPORTED_SUFFIXES, read_file
+from app.ingest.readers import SUPPORTED_SUFFIXES, check_size, read_file
 from app.settings import get_settings
 from app.store import Chunk, Corpus, Document, session_scope
 
@@ -81,20 +81,24 @@ def corpus_id(session, name: str) -> int:
 
 def ingest_file(path: Path, corpus: str) -> Outcome:
     settings = get_settings()
+    max_bytes = int(settings.max_file_mb * 1024 * 1024)
     try:
+        # Refuse an oversized file before reading it all into memory.
+        check_size(str(path), path.stat().st_size, max_bytes)
         raw = path.read_bytes()
     except OSError as exc:
         raise IngestError(str(path), f"cannot be read ({exc.strerror})", "check its permissions") from exc
     digest = hashlib.sha256(raw).hexdigest()
     with session_scope() as session:
-        cid = corpus_id(session, corpus)
+        # A lookup only: a file that then fails must not leave even an empty corpus.
         existing = session.scalar(
-            select(Document.id).where(Document.corpus_id == cid, Document.content_hash == digest)
+            select(Document.id).join(Corpus)
+            .where(Corpus.name == corpus, Document.content_hash == digest)
         )
     if existing is not None:
         return Outcome(str(path), "skipped", document_id=existing)
 
-    result = read_file(path, max_bytes=int(settings.max_file_mb * 1024 * 1024), raw=raw)
+    result = read_file(path, max_bytes=max_bytes, raw=raw)
     if not result.text.strip():
         raise IngestError(str(path), "has no text after reading", "check the file is not empty")
     from serving.tokenizers import active_tokenizer
@@ -149,6 +153,12 @@ def ingest(
             report.outcomes.append(ingest_file(path, corpus))
         except IngestError as exc:
             report.outcomes.append(Outcome(str(path), "failed", error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one file's crash must not stop the rest
+            report.outcomes.append(Outcome(
+                str(path), "failed",
+                error=f"{path}: could not be ingested ({type(exc).__name__}: {exc}). "
+                      "Nothing of it was stored; please report this",
+            ))
     on_event(Event("read", len(files), len(files)))
     if embed if embed is not None else get_settings().embed_on_ingest:
         from retrieval import sync_corpus
