@@ -17,16 +17,19 @@ app = typer.Typer(
 )
 
 # Importing a module registers its commands on `app`.
-from app.cli import documents, models, runs, search  # noqa: E402,F401
+from app.cli import documents, models, runs, search, ui  # noqa: E402,F401
 
 
 def main() -> None:
     try:
         app()
     except TomesError as exc:
+        from rich.markup import escape
+
         from app.cli._output import console_err
 
-        console_err.print(f"[bold red]error:[/] {exc.cause}")
+        # Escaped: causes and fixes quote commands like `pip install 'tomes[gpu]'`.
+        console_err.print(f"[bold red]error:[/] {escape(exc.cause)}")
         if exc.fix:
-            console_err.print(f"[yellow]fix:[/] {exc.fix}")
+            console_err.print(f"[yellow]fix:[/] {escape(exc.fix)}")
         sys.exit(1)
