@@ -1,0 +1,95 @@
+"""Where a corpus's indexes live, how they are written (atomically) and who may write
+them (one process at a time, by a file lock)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.settings import get_settings
+
+
+def corpus_dir(corpus_id: int, name: str) -> Path:
+    """<index_dir>/<name>-<id>: readable, and unique even when names repeat over time."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60] or "corpus"
+    return get_settings().index_dir / f"{slug}-{corpus_id}"
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write arrays and a JSON header into one file, atomically: a temp file beside it,
+    fsync, rename. A crash leaves the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The arrays and header written by write_npz, or None when there is no such file."""
+    try:
+        # An open file keeps reading the version it opened, even if a writer replaces it.
+        npz = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    with npz:
+        arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+        meta = json.loads(str(npz["__meta__"]))
+    return arrays, meta
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def write_lock(directory: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Exclusive right to change a corpus's index files, across threads and processes
+    (flock locks each open file description). Yields False when ``blocking`` is off and
+    another writer holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""Keeping a corpus's indexes in step with the store, which is always the truth.
+
+Ingest commits chunks first and indexes them after; removal deletes chunks first and
+their vectors after. A crash between the two leaves chunks without vectors or vectors
+without chunks, never a torn file (index files are replaced atomically). ``sync_corpus``
+finds both kinds of difference by comparing chunk ids *and* content fingerprints, and
+repairs them; search runs the same check before it answers.
+
+Embedding is incremental: only chunks without vectors are embedded, progress is saved
+every CHECKPOINT_SECONDS and when the work stops for any reason (an exception raised
+from ``on_event`` is a way to cancel), so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import TomesError
+from app.events import Event, OnEvent, ignore
+from app.settings import get_settings
+from retrieval import store_state
+from retrieval.dense import DenseIndex
+from retrieval.embedders import get_embedder
+from retrieval.files import corpus_dir, file_signature, write_lock
+from retrieval.keyword import KeywordIndex
+
+CHECKPOINT_SECONDS = 60.0
+DENSE_FILE = "dense.npz"
+KEYWORD_FILE = "keyword.npz"
+
+# Loaded indexes, keyed by file, valid while the file is unchanged. Writers never mutate
+# a cached object in place (they load their own copy), so readers need no lock.
+_cache: dict[Path, tuple[Any, Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached_dense(path: Path, corpus: str) -> DenseIndex | None:
+    return _cached(path, lambda: DenseIndex.load(path, corpus))
+
+
+def cached_keyword(path: Path) -> KeywordIndex | None:
+    return _cached(path, lambda: KeywordIndex.load(path))
+
+
+def _cached(path: Path, load):
+    sig = file_signature(path)
+    if sig is None:
+        return None
+    with _cache_lock:
+        entry = _cache.get(path)
+    if entry is not None and entry[0] == sig:
+        return entry[1]
+    obj = load()
+    with _cache_lock:
+        _cache[path] = (sig, obj)
+    return obj
+
+
+def _remember(path: Path, obj: Any) -> None:
+    sig = file_signature(path)
+    with _cache_lock:
+        if sig is None:
+            _cache.pop(path, None)
+        else:
+            _cache[path] = (sig, obj)
+
+
+def require_corpus(corpus: str) -> int:
+    cid = store_state.corpus_id(corpus)
+    if cid is None:
+        raise TomesError(
+            f"no corpus named {corpus!r}",
+            "list documents and their corpora with `tomes docs`, or add documents with "
+            f"`tomes ingest PATH --corpus {corpus}`",
+        )
+    return cid
+
+
+def sync_corpus(corpus: str, *, embed_missing: bool = True, on_event: OnEvent = ignore) -> int:
+    """Bring the corpus's dense and keyword indexes in step with the store: remove vectors
+    of chunks that are gone (or whose id now holds other text), embed chunks that have
+    no vectors (unless ``embed_missing`` is False), rebuild the keyword index if the
+    chunk set changed. Returns the number of chunks embedded."""
+    cid = store_state.corpus_id(corpus)
+    if cid is None:
+        return 0
+    directory = corpus_dir(cid, corpus)
+    with write_lock(directory):
+        return sync_locked(cid, corpus, directory, embed_missing=embed_missing, on_event=on_event)
+
+
+def reembed(corpus: str, *, on_event: OnEvent = ignore) -> int:
+    """Drop the corpus's dense index and embed every chunk again with the current
+    embedder. Interrupted, it resumes on the next sync (ingest or search)."""
+    cid = require_corpus(corpus)
+    directory = corpus_dir(cid, corpus)
+    with write_lock(directory):
+        return sync_locked(cid, corpus, directory, embed_missing=True, on_event=on_event,
+                           rebuild=True)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def sync_in_background(corpus: str, *, on_event: OnEvent = ignore) -> Future[int]:
+    """Run sync_corpus in a worker thread (one at a time per process), under the caller's
+    settings; a UI polls the future and draws ``on_event``'s progress meanwhile."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tomes-embed")
+    context = contextvars.copy_context()  # settings overrides live in context variables
+    return _executor.submit(context.run, sync_corpus, corpus, on_event=on_event)
+
+
+def sync_locked(cid: int, corpus: str, directory: Path, *, embed_missing: bool,
+                on_event: OnEvent, rebuild: bool = False) -> int:
+    """sync_corpus's work; the caller holds the corpus's write lock."""
+    ids, hashes = store_state.chunk_state(cid)
+    # Keyword first: it takes seconds, so new chunks are searchable by keyword while
+    # the (much longer) embedding runs.
+    _sync_keyword(cid, directory / KEYWORD_FILE, ids, hashes, on_event)
+    return _sync_dense(corpus, directory / DENSE_FILE, ids, hashes,
+                       embed_missing=embed_missing, on_event=on_event, rebuild=rebuild)
+
+
+def stale_ids(index_ids: np.ndarray, index_hashes: np.ndarray,
+              ids: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Indexed chunk ids that the store no longer has, or has with other content.
+    All four arrays are sorted by id (one row per chunk)."""
+    if not len(ids):
+        return index_ids
+    pos = np.minimum(np.searchsorted(ids, index_ids), len(ids) - 1)
+    same = (ids[pos] == index_ids) & (hashes[pos] == index_hashes)
+    return index_ids[~same]
+
+
+def in_step(index_ids: np.ndarray, index_hashes: np.ndarray,
+            ids: np.ndarray, hashes: np.ndarray) -> bool:
+    return np.array_equal(index_ids, ids) and np.array_equal(index_hashes, hashes)
+
+
+def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
+                embed_missing: bool, on_event: OnEvent, rebuild: bool) -> int:
+    settings = get_settings()
+    # A private copy: cached objects may be in use by concurrent searches.
+    dense = None if rebuild else DenseIndex.load(path, corpus)
+    changed = rebuild and (path.exists() or len(ids) > 0)
+    if dense is not None:
+        stale = stale_ids(*dense.chunk_hashes(), ids, hashes)
+        if len(stale):
+            dense.remove(stale)
+            changed = True
+    embedded = 0
+    completed = False
+    try:
+        if embed_missing:
+            embedder = get_embedder()
+            if dense is None:
+                dense = DenseIndex.new(embedder.model_id, embedder.dim)
+            else:
+                dense.check_model(embedder.model_id, embedder.dim, corpus)
+            missing = ids[~np.isin(ids, dense.chunk_ids())]
+            if len(missing):
+                changed = True
+                embedded = _embed(dense, embedder, missing, path, corpus, on_event,
+                                  batch=max(1, settings.embed_batch_size))
+        completed = True
+    finally:
+        # Whatever was removed or embedded is kept, even if the run was stopped.
+        if dense is not None and completed and dense.rebalance(settings.ann_threshold):
+            changed = True
+        if dense is not None and changed:
+            dense.save(path)
+            _remember(path, dense)
+    return embedded
+
+
+def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus: str,
+           on_event: OnEvent, *, batch: int) -> int:
+    total = len(missing)
+    done = 0
+    on_event(Event("embed", 0, total, message=corpus))
+    last_save = time.monotonic()
+    for start in range(0, total, batch):
+        rows = store_state.chunk_texts(missing[start : start + batch])
+        windows: list[str] = []
+        owners: list[int] = []
+        fingerprints: list[int] = []
+        for cid, text, fp in rows:
+            pieces = embedder.windows(text) or [text]
+            windows.extend(pieces)
+            owners.extend([cid] * len(pieces))
+            fingerprints.extend([fp] * len(pieces))
+        if windows:
+            vectors = embedder.encode(windows, batch_size=batch)
+            dense.add(vectors, np.array(owners, np.int64), np.array(fingerprints, np.int64))
+        done += len(rows)
+        on_event(Event("embed", min(start + batch, total), total, message=corpus,
+                       data={"vectors": len(windows)}))
+        if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+            dense.save(path)
+            _remember(path, dense)
+            last_save = time.monotonic()
+    return done
+
+
+def _sync_keyword(cid: int, path: Path, ids: np.ndarray, hashes: np.ndarray,
+                  on_event: OnEvent) -> None:
+    current = cached_keyword(path)
+    if current is not None and in_step(current.ids, current.hashes, ids, hashes):
+        return
+    on_event(Event("keyword", 0, 1, message="rebuilding keyword index"))
+    kw_ids, kw_hashes, texts = store_state.corpus_texts(cid)
+    keyword = KeywordIndex.build(kw_ids, kw_hashes, texts)
+    keyword.save(path)
+    _remember(path, keyword)
+    on_event(Event("keyword", 1, 1, message=f"{len(texts)} chunks"))
+
+
+def status(corpus: str) -> dict[str, Any]:
+    """How a corpus's indexes stand against the store (for `tomes` and the UI)."""
+    cid = require_corpus(corpus)
+    directory = corpus_dir(cid, corpus)
+    ids, hashes = store_state.chunk_state(cid)
+    dense = cached_dense(directory / DENSE_FILE, corpus)
+    keyword = cached_keyword(directory / KEYWORD_FILE)
+    info: dict[str, Any] = {"corpus": corpus, "chunks": int(len(ids)), "directory": str(directory)}
+    if dense is None:
+        info.update(dense_chunks=0, vectors=0, model=None, kind=None, missing=int(len(ids)), stale=0)
+    else:
+        index_ids, index_hashes = dense.chunk_hashes()
+        info.update(
+            dense_chunks=int(len(index_ids)), vectors=dense.ntotal, model=dense.model,
+            dim=dense.dim, kind=dense.kind,
+            missing=int((~np.isin(ids, index_ids)).sum()),
+            stale=int(len(stale_ids(index_ids, index_hashes, ids, hashes))),
+        )
+    info["keyword_in_step"] = keyword is not None and in_step(keyword.ids, keyword.hashes, ids, hashes)
+    return info
