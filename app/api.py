@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, func, select
 
 from app import settings as _settings
-from app.errors import NotFound
+from app.errors import NotFound, TomesError
 from app.events import OnEvent, ignore
 from app.ingest.service import IngestReport, ingest
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
+from pipelines import STRATEGIES  # noqa: F401 - part of the API
+from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,9 +91,12 @@ class Tomes:
     def remove(self, ref: str | int) -> dict[str, Any]:
         with session_scope() as s:
             doc = _resolve_document(s, ref)
-            info = _doc_info(doc, doc.corpus.name, len(doc.chunks), 0)
+            # Count rather than load the chunks: loaded ones would be deleted twice
+            # (bulk below and by the ORM cascade), which SQLAlchemy warns about.
+            n = s.scalar(select(func.count(Chunk.id)).where(Chunk.document_id == doc.id)) or 0
+            info = _doc_info(doc, doc.corpus.name, n, 0)
             s.execute(delete(Chunk).where(Chunk.document_id == doc.id))
-            s.delete(doc)
+            s.execute(delete(Document).where(Document.id == doc.id))
         from retrieval import sync_corpus
 
         # Drops the removed chunks' vectors (and repairs anything else out of step).
@@ -102,6 +107,47 @@ class Tomes:
     def corpora(self) -> list[str]:
         with session_scope() as s:
             return list(s.scalars(select(Corpus.name).order_by(Corpus.name)))
+
+    # --- search ----------------------------------------------------------------------
+
+    @_scoped
+    def search(
+        self, corpus: str, query: str, k: int = 10, mode: str = "hybrid", *,
+        document: str | int | None = None, on_event: OnEvent = ignore,
+    ) -> list[Any]:
+        """Ranked chunks (retrieval.Hit) of a corpus for a query; mode dense|keyword|hybrid.
+        ``document`` (id, title or file name) restricts hits to one document."""
+        import retrieval
+
+        document_id = None
+        if document is not None:
+            with session_scope() as s:
+                document_id = _resolve_document(s, document).id
+        return retrieval.search(corpus, query, k, mode=mode, document_id=document_id,
+                                on_event=on_event)
+
+    @_scoped
+    def index(self, corpus: str, *, on_event: OnEvent = ignore) -> int:
+        """Embed and index whatever chunks of the corpus are not indexed yet (the UI runs
+        this in a background thread after an upload); returns chunks embedded."""
+        import retrieval
+
+        return retrieval.sync_corpus(corpus, on_event=on_event)
+
+    @_scoped
+    def reembed(self, corpus: str, *, on_event: OnEvent = ignore) -> int:
+        """Drop a corpus's dense index and embed every chunk again with the current
+        embedder (after changing TOMES_EMBEDDER); returns chunks embedded."""
+        import retrieval
+
+        return retrieval.reembed(corpus, on_event=on_event)
+
+    @_scoped
+    def index_status(self, corpus: str) -> dict[str, Any]:
+        """How a corpus's dense and keyword indexes stand against its chunks."""
+        import retrieval
+
+        return retrieval.status(corpus)
 
     # --- runs and calls --------------------------------------------------------------
 
@@ -119,6 +165,117 @@ class Tomes:
                 {c.name: getattr(call, c.name) for c in Call.__table__.columns}
                 for call in rows
             ]
+
+    # --- pipelines -------------------------------------------------------------------
+
+    @_scoped
+    def summarize(
+        self, doc: str | int, *, length: str = "medium", style: str | None = None,
+        on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+    ) -> Result:
+        """Summarize a document (or corpus) by map-reduce; length short|medium|long.
+        ``map_tokens`` packs consecutive chunks into map calls of up to that many tokens."""
+        from pipelines import mapreduce
+
+        return mapreduce.summarize(doc, length=length, style=style, map_tokens=map_tokens,
+                                   on_event=on_event, run_id=run_id)
+
+    @_scoped
+    def ask(
+        self, target: str | int, question: str, *, strategy: str = "mapreduce",
+        on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+    ) -> Result:
+        """Answer a question over a document or corpus with the chosen strategy."""
+        from pipelines import mapreduce
+
+        if strategy not in STRATEGIES:
+            raise TomesError(f"unknown strategy {strategy!r}", f"use one of: {', '.join(STRATEGIES)}")
+        return mapreduce.ask(target, question, map_tokens=map_tokens, on_event=on_event,
+                             run_id=run_id)
+
+    @_scoped
+    def resume(self, run_id: str, *, on_event: OnEvent = ignore) -> Result:
+        """Continue a stopped run from its checkpoint (a finished run returns its result)."""
+        from pipelines import resume
+
+        return resume(run_id, on_event=on_event)
+
+    # --- models ----------------------------------------------------------------------
+
+    @_scoped
+    def lm(self, **backend_kwargs: Any) -> Any:
+        """The model interface (``serving.LM``) for this object's backend and model."""
+        from serving import get_lm
+
+        return get_lm(**backend_kwargs)
+
+    @_scoped
+    def chat(
+        self, prompt: str, *, system: str | None = None, max_tokens: int = 512,
+        temperature: float = 0.0, stop: list[str] | None = None,
+        json_schema: dict[str, Any] | None = None, cache: bool | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One prompt through the active backend: text, usage, latency, call id."""
+        from serving import get_lm, run_scope
+
+        lm = get_lm()
+        with run_scope(run_id):
+            response = lm.chat(prompt, system=system, max_tokens=max_tokens, temperature=temperature,
+                               stop=stop, json_schema=json_schema, node="chat", cache=cache)
+        out = response.to_dict()
+        out["backend"] = lm.backend.name
+        if json_schema is not None:
+            out["json"] = response.parse_json()
+        return out
+
+    @_scoped
+    def models(self) -> dict[str, Any]:
+        """The model presets, the registered backends and which one is active."""
+        from serving import presets, registry
+        from serving.launcher import vllm_version
+
+        s = self.settings
+        preset = presets.find(s.model) or (presets.EMBEDDED if s.backend in ("embedded", "transformers") else None)
+        active: dict[str, Any] = {"backend": s.backend, "model": s.model, "preset": preset.name if preset else None}
+        if s.backend == "openai":
+            active["base_url"] = s.base_url
+        if preset:
+            active["context_window"] = preset.context_window
+            if not s.model:
+                active["model"] = preset.model
+        return {"active": active, "presets": [p.to_dict() for p in presets.presets()],
+                "backends": registry.names(), "vllm": vllm_version()}
+
+    @_scoped
+    def call_tree(self, run_id: str) -> dict[str, Any]:
+        """A run's model calls as a tree (parent call -> sub-calls) with totals."""
+        from serving.calllog import call_tree, summarize_tree
+
+        roots = call_tree(run_id)
+        if not roots:
+            raise NotFound(f"no model calls recorded for run {run_id!r}", "list runs with `tomes runs`")
+        return {"run_id": run_id, "calls": roots, "totals": summarize_tree(roots)}
+
+    def serve_command(
+        self, preset: str, *, host: str = "127.0.0.1", port: int = 8000, extra: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """The exact ``vllm serve`` command for a preset (nothing is started)."""
+        from serving.launcher import plan
+
+        return plan(preset, host=host, port=port, extra=list(extra)).to_dict()
+
+    @_scoped
+    def serve(
+        self, preset: str, *, host: str = "127.0.0.1", port: int = 8000, extra: Sequence[str] = (),
+        timeout: float = 1800.0, on_event: OnEvent = ignore,
+    ) -> Any:
+        """Start ``vllm serve`` for a preset and wait until it is healthy; returns the
+        running server (``base_url``, ``pid``, ``log_path``, ``wait()``, ``stop()``)."""
+        from serving.launcher import plan, start
+
+        return start(plan(preset, host=host, port=port, extra=list(extra)), timeout=timeout,
+                     on_event=on_event)
 
 
 def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> dict[str, Any]:
@@ -140,22 +297,7 @@ def _run_info(run: Run) -> dict[str, Any]:
 
 def _resolve_document(session, ref: str | int) -> Document:
     """A document by id, or by a title or file name that matches exactly one."""
-    if isinstance(ref, int) or str(ref).isdigit():
-        doc = session.get(Document, int(ref))
-        if doc is None:
-            raise NotFound(f"no document with id {ref}", "list documents with `tomes docs`")
-        return doc
-    text = str(ref)
-    docs = list(session.scalars(select(Document).where(
-        (Document.title == text) | Document.source.endswith("/" + text)
-    )))
-    if not docs:
-        docs = list(session.scalars(select(Document).where(
-            Document.title.icontains(text) | Document.source.icontains(text)
-        )))
-    if len(docs) == 1:
-        return docs[0]
-    if not docs:
-        raise NotFound(f"no document matches {text!r}", "list documents with `tomes docs`")
-    ids = ", ".join(f"{d.id} ({d.title})" for d in docs[:10])
-    raise NotFound(f"{text!r} matches {len(docs)} documents: {ids}", "name one by its id")
+    # One resolver for the API and the pipelines' Environment (pipelines/targets.py).
+    from pipelines.targets import resolve_document
+
+    return resolve_document(session, ref)

@@ -10,12 +10,29 @@ code does not thread them through every function.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
-from collections.abc import Iterator
+import json
+import logging
+import time
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from serving.base import Backend, ChatRequest, ChatResponse
+from serving.base import (
+    DEFAULT_REPEAT_PENALTY,
+    Backend,
+    ChatRequest,
+    ChatResponse,
+    ContextOverflowError,
+    Tokenizer,
+    Usage,
+    overflow_error,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tomes_run", default=None
@@ -53,11 +70,38 @@ def as_messages(prompt: Messages, system: str | None = None) -> list[dict[str, s
     return messages
 
 
+def with_schema_instruction(messages: list[dict[str, str]], schema: dict[str, Any]) -> list[dict[str, str]]:
+    """For engines without constrained decoding: ask for the JSON in words instead."""
+    note = (
+        "Reply with one JSON object only (no prose, no code fence) that matches this "
+        "JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+    )
+    out = [dict(m) for m in messages]
+    if out and out[0].get("role") == "system":
+        out[0]["content"] = f"{out[0]['content']}\n\n{note}"
+    else:
+        out.insert(0, {"role": "system", "content": note})
+    return out
+
+
+# Above this share of the window an approximate count is checked with the engine.
+_EXACT_COUNT_ABOVE = 0.8
+# Messages of a call that overflowed are logged shortened: it never reached a model.
+_OVERFLOW_LOG_CHARS = 2000
+
+
 class LM:
-    def __init__(self, backend: Backend, *, cache: bool = True) -> None:
+    def __init__(
+        self, backend: Backend, *, cache: bool = True, concurrency: int | None = None,
+        db_path: Path | None = None,
+    ) -> None:
         self.backend = backend
         self.cache = cache
-        self._semaphore: asyncio.Semaphore | None = None
+        self.concurrency = concurrency
+        # Where calls are logged; None: the database of the settings at call time.
+        self.db_path = db_path
+        # One semaphore per event loop: the sync wrappers run a fresh loop per call.
+        self._limits: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
 
     @property
     def model(self) -> str:
@@ -69,16 +113,48 @@ class LM:
 
     @property
     def capacity(self) -> int:
-        return self.backend.capacity
+        return max(1, self.concurrency or self.backend.capacity)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.backend.tokenizer()
 
     def count_tokens(self, text: str) -> int:
         return self.backend.tokenizer().count(text)
 
+    def count_messages(self, messages: Messages, system: str | None = None) -> int:
+        """Prompt tokens for these messages, chat-template markup included (estimate)."""
+        msgs = as_messages(messages, system)
+        counts = self.backend.tokenizer().count_many([m.get("content", "") for m in msgs])
+        return sum(counts) + self.backend.prompt_overhead(msgs)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.backend.describe()
+        info["capacity"] = self.capacity
+        info["tokenizer"] = getattr(self.backend.tokenizer(), "name", "?")
+        return info
+
     def _limit(self) -> asyncio.Semaphore:
-        # Created lazily: a semaphore binds to the loop that first awaits it.
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(max(1, self.capacity))
-        return self._semaphore
+        loop = asyncio.get_running_loop()
+        entry = self._limits.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            # A semaphore keeps its loop alive: forget those of loops that are gone.
+            self._limits = {k: v for k, v in self._limits.items() if not v[0].is_closed()}
+            entry = self._limits[id(loop)] = (loop, asyncio.Semaphore(self.capacity))
+        return entry[1]
+
+    async def _check_fits(self, messages: list[dict[str, str]], max_tokens: int) -> int:
+        window = self.context_window
+        tokenizer = self.backend.tokenizer()
+        counts = tokenizer.count_many([m.get("content", "") for m in messages])
+        prompt_tokens = sum(counts) + self.backend.prompt_overhead(messages)
+        if getattr(tokenizer, "approximate", False) and prompt_tokens + max_tokens > _EXACT_COUNT_ABOVE * window:
+            exact = await self.backend.acount_prompt(messages)
+            if exact is not None:
+                prompt_tokens = exact
+        if prompt_tokens + max_tokens > window:
+            raise overflow_error(prompt_tokens, max_tokens, window, self.model)
+        return prompt_tokens
 
     async def achat(
         self,
@@ -91,33 +167,124 @@ class LM:
         json_schema: dict[str, Any] | None = None,
         node: str | None = None,
         cache: bool | None = None,
+        repeat_penalty: float | None = None,
     ) -> ChatResponse:
+        """One model call. ``cache=False`` skips the cache for this call (the call is
+        still logged, and later calls may reuse it); ``settings.cache`` does so per run."""
+        from app.settings import get_settings
+        from serving import calllog
+
+        await self.backend.aprepare()
+        messages = as_messages(prompt, system)
+        native = json_schema is not None and self.backend.supports_json_schema
+        if json_schema is not None and not native:
+            messages = with_schema_instruction(messages, json_schema)
         request = ChatRequest(
-            messages=as_messages(prompt, system),
+            messages=messages,
             max_tokens=max_tokens,
             temperature=temperature,
-            stop=stop,
-            json_schema=json_schema if self.backend.supports_json_schema else None,
+            stop=list(stop) if stop else None,
+            json_schema=json_schema if native else None,
+            repeat_penalty=DEFAULT_REPEAT_PENALTY if repeat_penalty is None else repeat_penalty,
         )
-        async with self._limit():
-            return await self.backend.achat(request)
+        backend, model, params = self.backend.name, self.model, request.params()
+        run_id, parent_id = current_run.get(), current_parent.get()
+        key = calllog.cache_key(backend, model, messages, params)
+        entry = dict(run_id=run_id, parent_id=parent_id, node=node, backend=backend, model=model,
+                     params=params, key=key)
 
-    async def abatch(self, prompts: list[Messages], **kwargs: Any) -> list[ChatResponse]:
-        return list(await asyncio.gather(*(self.achat(p, **kwargs) for p in prompts)))
+        if cache is not False and self.cache and get_settings().cache:
+            started = time.perf_counter()
+            hit = calllog.lookup(key, self.db_path)
+            if hit is not None:
+                latency = time.perf_counter() - started
+                call_id = self._record(
+                    messages=messages, response=hit.response, prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens, latency_ms=latency * 1000,
+                    cache_hit=True, **entry,
+                )
+                return ChatResponse(
+                    text=hit.response, usage=Usage(hit.prompt_tokens, hit.completion_tokens),
+                    latency_s=latency, model=hit.model, finish_reason="cached",
+                    call_id=call_id, cache_hit=True,
+                )
+
+        # A cached answer proves the prompt fit; only new calls are measured.
+        try:
+            await self._check_fits(messages, max_tokens)
+        except ContextOverflowError as exc:
+            short = [{**m, "content": m.get("content", "")[:_OVERFLOW_LOG_CHARS]} for m in messages]
+            self._record(messages=short, response=None, error=f"ContextOverflowError: {exc}", **entry)
+            raise
+
+        async with self._limit():
+            started = time.perf_counter()
+            try:
+                response = await self.backend.achat(request)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._record(messages=messages, response=None,
+                                 latency_ms=(time.perf_counter() - started) * 1000,
+                                 error=f"{type(exc).__name__}: {exc}", **entry)
+                raise
+            latency = time.perf_counter() - started
+        response.latency_s = latency
+        response.call_id = self._record(
+            messages=messages, response=response.text, prompt_tokens=response.usage.prompt_tokens,
+            completion_tokens=response.usage.completion_tokens, latency_ms=latency * 1000, **entry,
+        )
+        return response
+
+    def _record(self, **values: Any) -> int | None:
+        import sqlite3
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from serving import calllog
+
+        try:
+            return calllog.record(db_path=self.db_path, **values)
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            # A call log that cannot be written must not throw away a model's answer.
+            log.warning("could not record a model call: %s", exc)
+            return None
+
+    async def abatch(
+        self, prompts: list[Messages], *, return_exceptions: bool = False, **kwargs: Any
+    ) -> list[Any]:
+        """Many calls at once, as many in flight as the backend's capacity. With
+        ``return_exceptions`` a failed call's exception takes its place in the list."""
+        return list(await asyncio.gather(
+            *(self.achat(p, **kwargs) for p in prompts), return_exceptions=return_exceptions
+        ))
 
     def chat(self, prompt: Messages, **kwargs: Any) -> ChatResponse:
-        return asyncio.run(self.achat(prompt, **kwargs))
+        return run_sync(self.achat(prompt, **kwargs))
 
-    def batch(self, prompts: list[Messages], **kwargs: Any) -> list[ChatResponse]:
-        return asyncio.run(self.abatch(prompts, **kwargs))
+    def batch(self, prompts: list[Messages], **kwargs: Any) -> list[Any]:
+        return run_sync(self.abatch(prompts, **kwargs))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, even when this thread already runs an event loop
+    (a notebook, Streamlit): then on a worker thread, with the same context variables."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    ctx = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(ctx.run, asyncio.run, coro).result()
 
 
 def get_lm(backend: str | Backend | None = None, **backend_kwargs: Any) -> LM:
-    """The LM for ``backend`` (a name or an instance), defaulting to the settings'."""
+    """The LM for ``backend`` (a name or an instance), defaulting to the settings'.
+    Named backends that load a model are shared per process and configuration."""
     from app.settings import get_settings
     from serving import registry
 
     settings = get_settings()
     if not isinstance(backend, Backend):
-        backend = registry.create(backend or settings.backend, **backend_kwargs)
-    return LM(backend, cache=settings.cache)
+        backend = registry.get(backend or settings.backend, **backend_kwargs)
+    return LM(backend, cache=settings.cache, concurrency=settings.concurrency,
+              db_path=settings.db_path)

@@ -1,1 +1,125 @@
-"""tomes commands: runs (see the issue that owns it)."""
+"""tomes summarize / ask / resume / runs: pipeline runs and their results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from app.api import STRATEGIES, Result, Tomes
+from app.cli import app
+from app.cli._output import console, print_json, progress
+
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+BackendOpt = typer.Option(None, "--backend", "-b", help="Serving backend (default: settings).")
+MapTokensOpt = typer.Option(
+    None, "--map-tokens", min=1,
+    help="Pack consecutive chunks into map calls of up to N tokens (default: one chunk each).",
+)
+
+
+@app.command("summarize")
+def summarize_cmd(
+    doc: str = typer.Argument(..., help="Document id, title or file name (or a corpus name)."),
+    length: str = typer.Option("medium", "--length", "-l", help="short | medium | long."),
+    style: str = typer.Option(None, "--style", "-s", help='Free text, e.g. "bullet points".'),
+    backend: str = BackendOpt,
+    map_tokens: int = MapTokensOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Summarize a long document by map-reduce, with the chunks the summary rests on."""
+    if length not in ("short", "medium", "long"):
+        raise typer.BadParameter("choose short, medium or long", param_hint="--length")
+    with progress(not as_json) as on_event:
+        result = Tomes(backend=backend).summarize(doc, length=length, style=style,
+                                                  map_tokens=map_tokens, on_event=on_event)
+    _show(result, as_json)
+
+
+@app.command("ask")
+def ask_cmd(
+    target: str = typer.Argument(..., help="A document (id, title, file name) or a corpus name."),
+    question: str = typer.Argument(..., help="The question, in quotes."),
+    strategy: str = typer.Option("mapreduce", "--strategy",
+                                 help=f"How to answer: {' | '.join(STRATEGIES)}."),
+    backend: str = BackendOpt,
+    map_tokens: int = MapTokensOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Answer a question over a document or corpus, with provenance."""
+    if strategy not in STRATEGIES:
+        raise typer.BadParameter(f"choose one of: {', '.join(STRATEGIES)}", param_hint="--strategy")
+    with progress(not as_json) as on_event:
+        result = Tomes(backend=backend).ask(target, question, strategy=strategy,
+                                            map_tokens=map_tokens, on_event=on_event)
+    _show(result, as_json)
+
+
+@app.command("resume")
+def resume_cmd(
+    run_id: str = typer.Argument(..., help="Run id (from `tomes runs`)."),
+    backend: str = BackendOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Continue a stopped run; work already done is not repeated."""
+    with progress(not as_json) as on_event:
+        result = Tomes(backend=backend).resume(run_id, on_event=on_event)
+    _show(result, as_json)
+
+
+@app.command("runs")
+def runs_cmd(
+    limit: int = typer.Option(20, "--limit", "-n", help="How many, newest first."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List runs, newest first: status, pipeline, target, question and answer."""
+    runs = Tomes().runs(limit)
+    if as_json:
+        print_json(runs)
+        return
+    if not runs:
+        console.print("No runs yet: try `tomes summarize DOC` or `tomes ask TARGET \"question\"`.")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=36)  # users copy it into `tomes resume`
+    for name, width in (("status", 7), ("pipeline", 9), ("target", 6)):
+        table.add_column(name, no_wrap=True, min_width=width)
+    table.add_column("question / answer", overflow="ellipsis", no_wrap=True, ratio=1)
+    colour = {"done": "green", "failed": "red", "running": "yellow"}
+    for r in runs:
+        text = r["question"] or ""
+        if r["answer"]:
+            text = (text + " → " if text else "") + " ".join(r["answer"].split())
+        elif r["error"]:
+            text = (text + " → " if text else "") + r["error"]
+        table.add_row(r["id"], f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
+                      r["pipeline"], r["target"], text)
+    console.print(table)
+
+
+def _show(result: Result, as_json: bool) -> None:
+    if as_json:
+        data: dict[str, Any] = result.to_dict()
+        data["tokens"] = result.tokens
+        print_json(data)
+        return
+    console.print(result.answer or "[dim](no answer)[/]", highlight=False)
+    if result.provenance:
+        console.print("\n[bold]rests on[/]")
+        for p in result.provenance[:12]:
+            page = f" p.{p.page}" if p.page else ""
+            quote = p.quote if len(p.quote) <= 100 else p.quote[:99] + "…"
+            console.print(
+                f"  [cyan]chunk {p.chunk_id}[/] · doc {p.document_id} {p.title} · "
+                f"chars {p.start}-{p.end}{page}\n    [dim]“{quote}”[/]",
+                highlight=False,
+            )
+        if len(result.provenance) > 12:
+            console.print(f"  [dim]... {len(result.provenance) - 12} more chunks (see --json)[/]")
+    cached = f", {result.cache_hits} from cache" if result.cache_hits else ""
+    console.print(
+        f"\n[dim]run {result.run_id} · {result.calls} model calls{cached} · "
+        f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion tokens[/]"
+    )

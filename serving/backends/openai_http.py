@@ -1,0 +1,320 @@
+"""Any OpenAI-compatible chat-completions server: vLLM first (``tomes serve vllm``),
+also llama.cpp's ``llama-server``, Ollama and hosted APIs.
+
+Concurrency is capped by the LM; this adds timeouts, retries with exponential backoff
+on connection errors, timeouts, 429 and 5xx, and one clear error when the server
+cannot be reached. Structured output goes in ``response_format`` (json_schema) and in
+vLLM's ``structured_outputs`` ({"json": schema}); the removed ``guided_json`` is never
+sent (current servers ignore it silently, which would leave the reply unconstrained).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any, ClassVar
+
+import httpx
+
+from serving.backends._oai import context_error, error_message, is_context_error, parse_reply, response_format
+from serving.base import (
+    DEFAULT_REPEAT_PENALTY,
+    Backend,
+    BackendError,
+    ChatRequest,
+    ChatResponse,
+    Tokenizer,
+)
+
+DEFAULT_WINDOW = 32768  # when neither the server nor a preset says
+DEFAULT_CAPACITY = 16
+START_HINT = (
+    "start one with `tomes serve vllm --preset NAME` (presets: `tomes models`), or point "
+    "TOMES_BASE_URL at a running OpenAI-compatible server (vLLM, llama-server, Ollama)"
+)
+
+
+class OpenAIBackend(Backend):
+    name: ClassVar[str] = "openai"
+    supports_json_schema: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        context_window: int | None = None,
+        capacity: int | None = None,
+        timeout: float | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 20.0,
+        strict_openai: bool | None = None,
+    ) -> None:
+        from app.settings import get_settings
+        from serving import presets
+
+        settings = get_settings()
+        self.base_url = (base_url or settings.base_url).rstrip("/")
+        requested = model or settings.model
+        self.preset = presets.find(requested)
+        self._model = self.preset.model if self.preset and self.preset.backend == "openai" else requested
+        self._api_key = api_key if api_key is not None else os.environ.get(settings.api_key_env)
+        self.api_key_env = settings.api_key_env
+        self._window = context_window
+        self.capacity = max(1, capacity or settings.concurrency or (
+            self.preset.max_num_seqs if self.preset else DEFAULT_CAPACITY))
+        self.timeout = timeout or settings.request_timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        # Hosted OpenAI rejects fields it does not know; local servers take vLLM's extras.
+        self.strict_openai = ("api.openai.com" in self.base_url) if strict_openai is None else strict_openai
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}
+        self._server_info: dict[str, Any] | None = None
+        self._prepared = False
+        self._tokenize_ok: bool | None = None
+        self._tokenizer: Tokenizer | None = None
+        self.retried = 0  # retries made so far (tests and the bench read it)
+
+    # --- configuration the server knows best ------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+    @property
+    def model(self) -> str:  # type: ignore[override]
+        if self._model is None:
+            self._fetch_info_sync()
+        if self._model is None:
+            raise BackendError(
+                f"the server at {self.base_url} lists no model",
+                "name one with --model / TOMES_MODEL",
+            )
+        return self._model
+
+    @property
+    def context_window(self) -> int:  # type: ignore[override]
+        if self._window is not None:
+            return self._window
+        if self._server_info is None and not self._prepared:
+            self._fetch_info_sync(quiet=True)
+        if self._server_info and self._server_info.get("max_model_len"):
+            return int(self._server_info["max_model_len"])
+        if self.preset:
+            return self.preset.context_window
+        return DEFAULT_WINDOW
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _unreachable(self, exc: Exception) -> BackendError:
+        return BackendError(
+            f"cannot reach the model server at {self.base_url} ({type(exc).__name__}: {exc})",
+            START_HINT, retryable=True,
+        )
+
+    def _take_info(self, payload: Any) -> None:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        models = [m for m in data or [] if isinstance(m, dict)]
+        chosen = None
+        if self._model is not None:
+            chosen = next((m for m in models if m.get("id") == self._model), None)
+        elif models:
+            chosen = models[0]
+            self._model = str(chosen.get("id"))
+        self._server_info = chosen or {}
+
+    def _fetch_info_sync(self, quiet: bool = False) -> None:
+        self._prepared = True
+        try:
+            r = httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=10.0)
+        except httpx.TransportError as exc:
+            if quiet:
+                return
+            raise self._unreachable(exc) from exc
+        if r.status_code == 200:
+            self._take_info(r.json())
+
+    async def aprepare(self) -> None:
+        """Ask the server (once) which model it serves and its max_model_len."""
+        if self._prepared:
+            return
+        self._prepared = True
+        try:
+            r = await self._client().get(f"{self.base_url}/models", headers=self._headers(), timeout=10.0)
+        except httpx.TransportError as exc:
+            if self._model is None:
+                self._prepared = False
+                raise self._unreachable(exc) from exc
+            return  # the chat call itself retries and reports
+        if r.status_code == 200:
+            try:
+                self._take_info(r.json())
+            except ValueError:
+                pass
+
+    def _client(self) -> httpx.AsyncClient:
+        # An AsyncClient belongs to the loop it was first used on; the sync wrappers
+        # run a fresh loop per call, so keep one client per loop.
+        loop = asyncio.get_running_loop()
+        entry = self._clients.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+                limits=httpx.Limits(max_connections=max(self.capacity * 2, 10)),
+            )
+            entry = self._clients[id(loop)] = (loop, client)
+        return entry[1]
+
+    # --- calls -------------------------------------------------------------------------
+
+    def payload(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.json_schema is not None:
+            body["response_format"] = response_format(request.json_schema)
+            if not self.strict_openai:
+                body["structured_outputs"] = {"json": request.json_schema}
+        # The small-model default penalty would only hurt large served models; send
+        # one when the caller asked for it explicitly.
+        if not self.strict_openai and request.repeat_penalty != DEFAULT_REPEAT_PENALTY:
+            body["repetition_penalty"] = request.repeat_penalty
+        return body
+
+    def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        if response is not None:
+            retry_after = response.headers.get("retry-after")
+            if retry_after:
+                try:
+                    return min(float(retry_after), self.max_backoff)
+                except ValueError:
+                    pass
+        base = self.backoff * (2 ** attempt)
+        return min(base * (1 + random.random() * 0.25), self.max_backoff)
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        await self.aprepare()
+        url = f"{self.base_url}/chat/completions"
+        body = self.payload(request)
+        client = self._client()
+        last: BackendError | None = None
+        for attempt in range(self.retries + 1):
+            response: httpx.Response | None = None
+            started = time.perf_counter()
+            try:
+                response = await client.post(url, json=body, headers=self._headers())
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout):
+                    last = self._unreachable(exc)
+                else:
+                    last = BackendError(
+                        f"the model server at {self.base_url} did not answer within "
+                        f"{self.timeout:g} s",
+                        "raise TOMES_REQUEST_TIMEOUT, lower max_tokens, or check the server's load",
+                        retryable=True,
+                    )
+            except httpx.ConnectError as exc:
+                last = self._unreachable(exc)
+            except httpx.TransportError as exc:  # dropped connection, protocol error
+                last = BackendError(
+                    f"the connection to {self.base_url} failed: {type(exc).__name__}: {exc}",
+                    "check the server's log", retryable=True,
+                )
+            else:
+                latency = time.perf_counter() - started
+                if response.status_code == 200:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        raise BackendError(
+                            f"the model server at {self.base_url} sent a reply that is not JSON",
+                            "is TOMES_BASE_URL an OpenAI-compatible endpoint (ending in /v1)?",
+                        ) from None
+                    return parse_reply(data, model=self.model, latency_s=latency)
+                last = self._http_error(response, request)
+                if not last.retryable:
+                    raise last
+            if attempt < self.retries:
+                self.retried += 1
+                await asyncio.sleep(self._delay(attempt, response))
+        assert last is not None
+        if self.retries:
+            last.cause += f" (after {self.retries} retries)"
+            last.args = (f"{last.cause}. {last.fix}" if last.fix else last.cause,)
+        raise last
+
+    def _http_error(self, response: httpx.Response, request: ChatRequest) -> BackendError:
+        try:
+            data: Any = response.json()
+        except ValueError:
+            data = response.text[:300]
+        message = error_message(data)
+        status = response.status_code
+        if status == 429 or status >= 500:
+            return BackendError(
+                f"the model server at {self.base_url} answered {status}: {message}",
+                "it is overloaded or failing; retry later or lower TOMES_CONCURRENCY",
+                retryable=True,
+            )
+        if status == 400 and is_context_error(data):
+            return context_error(message, request, self.context_window, self.model)
+        if status in (401, 403):
+            return BackendError(
+                f"the model server at {self.base_url} refused the API key ({status}: {message})",
+                f"set the key in ${self.api_key_env} (TOMES_API_KEY_ENV names the variable)",
+            )
+        if status == 404:
+            return BackendError(
+                f"the model server at {self.base_url} answered 404: {message}",
+                "check --model against the server's /v1/models and that the URL ends in /v1",
+            )
+        return BackendError(f"the model server at {self.base_url} answered {status}: {message}")
+
+    async def acount_prompt(self, messages: list[dict[str, str]]) -> int | None:
+        """vLLM's /tokenize gives the exact prompt size (template included)."""
+        if self._tokenize_ok is False:
+            return None
+        try:
+            r = await self._client().post(
+                f"{self.root_url}/tokenize", headers=self._headers(), timeout=30.0,
+                json={"model": self.model, "messages": messages, "add_generation_prompt": True},
+            )
+            data = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        if not isinstance(data, dict) or not ("count" in data or "tokens" in data):
+            self._tokenize_ok = False
+            return None
+        self._tokenize_ok = True
+        return int(data.get("count", len(data.get("tokens") or [])))
+
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            from serving.tokenizers import for_backend
+
+            self._tokenizer = for_backend("openai", self.preset.name if self.preset else self._model)
+        return self._tokenizer
+
+    def close(self) -> None:
+        self._clients = {}
+
+    def describe(self) -> dict[str, Any]:
+        info = {
+            "backend": self.name, "base_url": self.base_url, "model": self._model,
+            "preset": self.preset.name if self.preset else None,
+            "context_window": self._window or (self.preset.context_window if self.preset else None),
+            "capacity": self.capacity, "json_schema": True,
+        }
+        return info

@@ -1,0 +1,454 @@
+"""The serving layer with the scripted backend: call log, call tree, cache, context
+overflow, JSON-schema fallback, concurrency cap, registry, presets and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from app import settings
+from app.api import Tomes
+from app.cli import app
+from app.store import Call, session_scope
+from serving import (
+    LM,
+    ApproxTokenizer,
+    BackendError,
+    ChatRequest,
+    ContextOverflowError,
+    get_lm,
+    parent_scope,
+    run_scope,
+)
+from serving import presets, registry
+from serving.backends.scripted import ScriptedBackend
+from serving.backends.vllm_inprocess import engine_kwargs
+from serving.launcher import plan
+from serving.tokenizers import active_tokenizer, for_backend
+
+runner = CliRunner()
+
+
+def calls() -> list[Call]:
+    with session_scope() as s:
+        return list(s.scalars(select(Call).order_by(Call.id)))
+
+
+def lm_with(replies=None, **kw) -> tuple[LM, ScriptedBackend]:
+    backend = ScriptedBackend(replies, **kw)
+    return get_lm(backend), backend
+
+
+# --- the call log --------------------------------------------------------------------
+
+
+def test_every_call_is_logged_with_run_node_tokens_and_call_id():
+    lm, backend = lm_with(["Paris is the capital."])
+    with run_scope("run-1"):
+        r = lm.chat("Capital of France?", system="Be brief.", node="answer", max_tokens=20)
+    assert r.text == "Paris is the capital." and r.call_id is not None and not r.cache_hit
+    (row,) = calls()
+    assert row.id == r.call_id and row.run_id == "run-1" and row.node == "answer"
+    assert row.backend == "scripted" and row.model == "scripted"
+    assert row.messages == [{"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Capital of France?"}]
+    assert row.params["max_tokens"] == 20 and row.response == r.text
+    assert row.prompt_tokens == r.usage.prompt_tokens > 0
+    assert row.completion_tokens == r.usage.completion_tokens > 0
+    assert row.latency_ms >= 0 and row.error is None and row.cache_key and len(row.cache_key) == 64
+
+
+def test_calls_of_a_run_form_a_tree_through_parent_scope():
+    lm, _ = lm_with(lambda req: "re: " + req.messages[-1]["content"])
+
+    async def main():
+        with run_scope("run-tree"):
+            root = await lm.achat("plan", node="root")
+            with parent_scope(root.call_id):
+                kids = await lm.abatch(["part 1", "part 2"], node="map")
+                with parent_scope(kids[0].call_id):
+                    await lm.achat("deeper", node="sub")
+            await lm.achat("final", node="reduce")
+        await lm.achat("outside any run")
+        return root
+
+    root = asyncio.run(main())
+    tree = Tomes().call_tree("run-tree")
+    assert [n["node"] for n in tree["calls"]] == ["root", "reduce"]
+    top = tree["calls"][0]
+    assert top["id"] == root.call_id
+    assert [c["node"] for c in top["children"]] == ["map", "map"]
+    assert [c["node"] for c in top["children"][0]["children"]] == ["sub"]
+    assert top["children"][1]["children"] == []
+    assert tree["totals"]["calls"] == 5 and tree["totals"]["cache_hits"] == 0
+    assert "re: plan" in top["preview"]
+    assert len(calls()) == 6  # the call outside the run is logged too, with no run id
+
+
+def test_failed_calls_are_logged_with_their_error_and_never_served_from_cache():
+    lm, backend = lm_with([RuntimeError("engine fell over"), "fine now"])
+    with pytest.raises(RuntimeError, match="fell over"):
+        lm.chat("q")
+    r = lm.chat("q")  # same key: the failed row must not be a cache hit
+    assert r.text == "fine now" and not r.cache_hit and len(backend.requests) == 2
+    failed, ok = calls()
+    assert failed.error and "engine fell over" in failed.error and failed.response is None
+    assert ok.error is None and ok.cache_key == failed.cache_key
+
+
+# --- the cache -----------------------------------------------------------------------
+
+
+def test_identical_call_is_served_from_cache_without_a_backend_request():
+    lm, backend = lm_with(["first", "second"])
+    a = lm.chat("same prompt", max_tokens=30)
+    b = lm.chat("same prompt", max_tokens=30)
+    assert len(backend.requests) == 1
+    assert b.cache_hit and b.text == "first" and b.usage == a.usage and b.call_id != a.call_id
+    rows = calls()
+    assert [r.cache_hit for r in rows] == [False, True]
+    assert rows[0].cache_key == rows[1].cache_key
+    # Any change in the parameters is another key.
+    c = lm.chat("same prompt", max_tokens=31)
+    assert not c.cache_hit and len(backend.requests) == 2
+
+
+def test_cache_off_per_call_and_per_run():
+    lm, backend = lm_with(lambda req: f"answer {len(backend.requests)}")
+    lm.chat("p")
+    assert lm.chat("p", cache=False).text == "answer 2"
+    with settings.override(cache=False):
+        assert lm.chat("p").text == "answer 3"
+        assert get_lm("scripted").cache is False
+    assert lm.chat("p").cache_hit  # back on: the newest answer is reused
+    assert lm.chat("p").text == "answer 3"
+    assert len(backend.requests) == 3
+
+
+def test_cache_survives_a_new_process_worth_of_objects():
+    """A repeated run costs no model calls: a fresh LM over the same store hits."""
+    lm1, b1 = lm_with(["from run one"])
+    with run_scope("r1"):
+        lm1.chat("summarize chunk 1", node="map")
+    lm2, b2 = lm_with(["never used"])
+    with run_scope("r2"):
+        r = lm2.chat("summarize chunk 1", node="map")
+    assert r.cache_hit and r.text == "from run one" and b2.requests == []
+    assert Tomes().call_tree("r2")["totals"]["cache_hits"] == 1
+
+
+# --- context overflow ----------------------------------------------------------------
+
+
+def test_overflow_is_caught_before_the_call_and_says_by_how_much_and_what_to_use():
+    lm, backend = lm_with(["never"], context_window=300)
+    with run_scope("big"), pytest.raises(ContextOverflowError) as info:
+        lm.chat("word " * 400, max_tokens=100)
+    err = info.value
+    assert backend.requests == []
+    assert err.context_window == 300 and err.max_tokens == 100 and err.prompt_tokens >= 400
+    assert err.excess == err.prompt_tokens + 100 - 300 > 0
+    assert f"{err.excess:,} tokens over the 300-token window" in err.cause
+    assert "--strategy mapreduce" in err.fix and "rag" in err.fix
+    (row,) = calls()
+    assert row.run_id == "big" and row.error.startswith("ContextOverflowError")
+    # max_tokens counts too: the same prompt fits with a smaller reply budget...
+    lm.chat("word " * 100, max_tokens=100)
+    # ...and not with a larger one.
+    with pytest.raises(ContextOverflowError):
+        lm.chat("word " * 100, max_tokens=250)
+
+
+def test_context_overflow_is_a_tomes_error_for_the_cli():
+    from app.errors import TomesError
+
+    assert issubclass(ContextOverflowError, TomesError) and issubclass(BackendError, TomesError)
+
+
+# --- structured output ---------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def test_json_schema_goes_to_backends_that_constrain_decoding():
+    lm, backend = lm_with([{"name": "Ada"}])
+    r = lm.chat("who?", json_schema=SCHEMA)
+    assert backend.requests[0].json_schema == SCHEMA
+    assert r.parse_json() == {"name": "Ada"}
+
+
+def test_json_schema_becomes_an_instruction_for_backends_without_grammar():
+    lm, backend = lm_with(['Sure! {"name": "Ada"} hope that helps'], supports_json_schema=False)
+    r = lm.chat("who?", system="You are terse.", json_schema=SCHEMA)
+    sent = backend.requests[0]
+    assert sent.json_schema is None
+    assert sent.messages[0]["role"] == "system" and sent.messages[0]["content"].startswith("You are terse.")
+    assert '"required": ["name"]' in sent.messages[0]["content"]
+    assert r.parse_json() == {"name": "Ada"}  # tolerant of prose around the object
+
+
+# --- concurrency and the sync wrappers -----------------------------------------------
+
+
+def test_batch_runs_at_most_capacity_calls_at_once():
+    lm, backend = lm_with(lambda req: req.messages[-1]["content"].upper(), capacity=3, latency=0.02)
+    out = lm.batch([f"p{i}" for i in range(10)])
+    assert [r.text for r in out] == [f"P{i}" for i in range(10)]
+    assert backend.max_in_flight == 3
+
+
+def test_settings_concurrency_caps_below_the_backend():
+    with settings.override(concurrency=2):
+        lm, backend = lm_with(lambda req: "x", capacity=8, latency=0.02)
+        lm.batch([f"p{i}" for i in range(6)])
+    assert lm.capacity == 2 and backend.max_in_flight == 2
+
+
+def test_batch_can_return_exceptions_in_place():
+    lm, _ = lm_with(lambda req: ValueError("bad") if "2" in req.messages[-1]["content"] else "ok")
+    out = lm.batch(["p1", "p2", "p3"], return_exceptions=True)
+    assert out[0].text == "ok" and isinstance(out[1], ValueError) and out[2].text == "ok"
+
+
+def test_sync_chat_works_inside_a_running_event_loop_and_keeps_the_run():
+    lm, _ = lm_with(["inner"])
+
+    async def main():
+        with run_scope("nested"):
+            return lm.chat("from a notebook")  # sync call while a loop runs
+
+    r = asyncio.run(main())
+    assert r.text == "inner" and calls()[0].run_id == "nested"
+
+
+def test_lm_works_across_separate_event_loops():
+    lm, _ = lm_with(["a"], capacity=1)
+    assert asyncio.run(lm.achat("1")).text == "a"
+    assert asyncio.run(lm.achat("2")).text == "a"  # a fresh loop gets its own semaphore
+
+
+# --- registry, tokenizers, presets ---------------------------------------------------
+
+
+def test_registry_imports_nothing_heavy_until_a_backend_is_chosen():
+    code = (
+        "import sys, serving, serving.lm, serving.registry, serving.tokenizers, serving.presets\n"
+        "from serving import get_lm\n"
+        "lm = get_lm('scripted')\n"
+        "serving.tokenizers.active_tokenizer()\n"
+        "heavy = [m for m in ('xllamacpp', 'vllm', 'torch', 'transformers', 'httpx') if m in sys.modules]\n"
+        "print('heavy=' + ','.join(heavy))\n"
+        "serving.registry.backend_class('openai')\n"
+        "print('httpx' in sys.modules, 'xllamacpp' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "TOMES_BACKEND": "scripted"})
+    first, second = out.stdout.strip().splitlines()
+    assert first == "heavy="
+    assert second == "True False"
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(BackendError, match="choose one of: .*embedded.*openai.*scripted"):
+        get_lm("nope")
+
+
+def test_named_model_backends_are_shared_and_fakes_are_not():
+    assert registry.get("scripted") is not registry.get("scripted")
+    with settings.override(base_url="http://127.0.0.1:1/v1", model="m"):
+        a, b = registry.get("openai"), registry.get("openai")
+    with settings.override(base_url="http://127.0.0.1:2/v1", model="m"):
+        c = registry.get("openai")
+    assert a is b and a is not c
+
+
+def test_active_tokenizer_follows_the_settings_without_starting_a_model():
+    assert isinstance(active_tokenizer(), ApproxTokenizer)  # the tests' scripted backend
+    with settings.override(backend="openai", model="some/unknown-model"):
+        assert isinstance(active_tokenizer(), ApproxTokenizer)  # nothing local: approximate
+    assert isinstance(for_backend("openai", "gpt-oss-20b"), ApproxTokenizer)  # not downloaded here
+
+
+def test_approx_tokenizer_counts_many_like_count():
+    tok = ApproxTokenizer()
+    texts = ["Hello, world!", "", "antidisestablishmentarianism rules"]
+    assert tok.count_many(texts) == [tok.count(t) for t in texts]
+    assert tok.count("antidisestablishmentarianism") > 1
+
+
+def test_presets_cover_the_required_models():
+    by_name = {p.name: p for p in presets.presets()}
+    emb = by_name["smollm2-135m"]
+    assert emb.backend == "embedded" and emb.context_window == 8192 and not emb.writes_code
+    single_gpu_long = [p for p in by_name.values()
+                       if p.backend == "openai" and p.gpus == 1 and p.context_window >= 128 * 1024]
+    assert {"openai/gpt-oss-20b", "google/gemma-3-27b-it"} <= {p.model for p in single_gpu_long}
+    assert {p.model for p in by_name.values() if p.gpus > 1} >= {
+        "meta-llama/Llama-4-Scout-17B-16E-Instruct", "deepseek-ai/DeepSeek-V3.2"}
+    qwen = [p for p in by_name.values() if p.model == "Qwen/Qwen2.5-7B-Instruct-1M"]
+    assert any(p.vllm_max == "0.10" and p.env.get("VLLM_ATTENTION_BACKEND") for p in qwen)
+    for p in by_name.values():
+        if p.backend == "openai":
+            args = engine_kwargs(p.vllm_args)
+            assert args["max_model_len"] == p.context_window, p.name
+            assert p.tokenizer and p.max_num_seqs >= 1
+    assert presets.find("openai/gpt-oss-20b") is by_name["gpt-oss-20b"]
+    assert presets.find("nothing/like-this") is None
+
+
+def test_engine_kwargs_turn_serve_flags_into_llm_arguments():
+    kw = engine_kwargs(["--max-model-len", "8192", "--enable-prefix-caching", "--kv-cache-dtype",
+                        "fp8", "--limit-mm-per-prompt", '{"image": 0}', "--no-enable-chunked-prefill",
+                        "--reasoning-parser", "x"])
+    assert kw == {"max_model_len": 8192, "enable_prefix_caching": True, "kv_cache_dtype": "fp8",
+                  "limit_mm_per_prompt": {"image": 0}, "enable_chunked_prefill": False}
+
+
+def test_vllm_local_without_vllm_says_how_to_install():
+    with pytest.raises(BackendError) as info:
+        registry.create("vllm-local", model="gpt-oss-20b")
+    assert "tomes[gpu]" in info.value.fix
+
+
+# --- the launcher and the CLI --------------------------------------------------------
+
+
+def test_dry_run_prints_the_exact_vllm_command_without_vllm_installed():
+    result = runner.invoke(app, ["serve", "vllm", "--preset", "gpt-oss-20b", "--dry-run", "--port", "8100"])
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith("vllm serve openai/gpt-oss-20b --host 127.0.0.1 --port 8100")
+    assert "--max-model-len 131072" in line and "--enable-prefix-caching" in line
+    assert "\n" not in line  # one line to paste
+    out = runner.invoke(app, ["serve", "vllm", "--preset", "qwen2.5-7b-1m-dca", "--dry-run", "--json",
+                              "--", "--served-model-name", "q"])
+    info = json.loads(out.stdout)
+    assert info["shell"].startswith("VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN VLLM_USE_V1=0 vllm serve")
+    assert info["command"][-2:] == ["--served-model-name", "q"]
+    assert info["base_url"] == "http://127.0.0.1:8000/v1"
+    assert info["settings"] == {"TOMES_BACKEND": "openai", "TOMES_BASE_URL": "http://127.0.0.1:8000/v1",
+                                "TOMES_MODEL": "Qwen/Qwen2.5-7B-Instruct-1M"}
+
+
+def test_launcher_refuses_the_embedded_preset_and_unknown_names():
+    with pytest.raises(BackendError, match="embedded CPU model"):
+        plan("smollm2-135m")
+    with pytest.raises(BackendError, match="unknown model preset"):
+        plan("gpt-5")
+
+
+def test_serve_without_vllm_explains_the_gpu_extra(monkeypatch):
+    import serving.launcher as launcher
+
+    monkeypatch.setattr(launcher, "vllm_version", lambda: None)
+    with pytest.raises(BackendError) as info:
+        Tomes().serve("gpt-oss-20b")
+    assert "pip install 'tomes[gpu]'" in info.value.fix
+
+
+def test_cli_chat_json_carries_text_usage_latency_and_call_id():
+    result = runner.invoke(app, ["chat", "Hello there", "--json", "--max-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["text"] == "ok" and out["backend"] == "scripted"
+    assert out["usage"]["prompt_tokens"] > 0 and out["usage"]["completion_tokens"] > 0
+    assert out["latency_s"] >= 0 and isinstance(out["call_id"], int) and out["cache_hit"] is False
+    again = json.loads(runner.invoke(app, ["chat", "Hello there", "--json", "--max-tokens", "16"]).stdout)
+    assert again["cache_hit"] is True
+    fresh = json.loads(runner.invoke(app, ["chat", "Hello there", "--json", "--max-tokens", "16",
+                                           "--no-cache"]).stdout)
+    assert fresh["cache_hit"] is False
+
+
+def test_cli_calls_prints_the_tree_and_json():
+    lm, _ = lm_with(["root answer", "child answer"])
+    with run_scope("cli-run"):
+        root = lm.chat("root question", node="root")
+        with parent_scope(root.call_id):
+            lm.chat("child question", node="child")
+    out = json.loads(runner.invoke(app, ["calls", "cli-run", "--json"]).stdout)
+    assert out["calls"][0]["children"][0]["node"] == "child"
+    text = runner.invoke(app, ["calls", "cli-run"]).stdout
+    assert "root" in text and "child" in text and "root answer" in text
+    missing = runner.invoke(app, ["calls", "no-such-run"])
+    assert missing.exit_code != 0
+
+
+def test_cli_models_lists_presets_and_the_active_backend():
+    out = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+    assert out["active"]["backend"] == "scripted"
+    assert {p["name"] for p in out["presets"]} >= {"smollm2-135m", "gpt-oss-20b", "deepseek-v3.2"}
+    assert "embedded" in out["backends"] and "vllm-local" in out["backends"]
+    text = runner.invoke(app, ["models"]).stdout
+    assert "gpt-oss-20b" in text and "active" in text
+
+
+def test_request_params_are_what_the_cache_key_sees():
+    r = ChatRequest([{"role": "user", "content": "x"}], stop=["\n"])
+    assert set(r.params()) == {"max_tokens", "temperature", "stop", "json_schema", "repeat_penalty"}
+
+
+def test_store_pragmas_make_calls_cheap():
+    from app.store import open_store
+
+    with open_store().connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with session_scope() as s:
+        assert s.scalar(select(func.count(Call.id))) == 0
+
+
+# --- batching engines (transformers, vllm-local) -------------------------------------
+
+
+def test_transformers_backend_gathers_concurrent_calls_into_batches(monkeypatch):
+    from serving.base import ChatResponse, Usage
+
+    backend = registry.create("transformers", batch_size=3)
+    seen: list[list[str]] = []
+
+    def generate(requests):
+        seen.append([r.messages[-1]["content"] for r in requests])
+        return [ChatResponse(text=r.messages[-1]["content"].upper(), usage=Usage(1, 1)) for r in requests]
+
+    monkeypatch.setattr(backend, "load", lambda: None)
+    monkeypatch.setattr(backend, "_generate", generate)
+    monkeypatch.setattr(backend, "tokenizer", ApproxTokenizer)  # no GGUF conversion here
+    lm = LM(backend, cache=False)
+    assert backend.supports_json_schema is False and lm.capacity == 3
+
+    async def main():
+        same = [lm.achat(f"p{i}", stop=["\n"]) for i in range(7)]
+        other = [lm.achat(f"q{i}", stop=["END"]) for i in range(2)]
+        return await asyncio.gather(*same, *other)
+
+    out = asyncio.run(main())
+    assert [r.text for r in out] == [f"P{i}" for i in range(7)] + ["Q0", "Q1"]
+    assert all(len(b) <= 3 for b in seen)
+    # Requests with different stop sequences never share a batch.
+    assert all(len({x[0] for x in batch}) == 1 for batch in seen)
+    assert sum(len(b) for b in seen) == 9 and len(seen) < 9
+    backend.close()
+
+
+def test_batch_worker_hands_an_engine_failure_to_every_caller_in_the_batch():
+    from serving.backends._batching import BatchWorker
+
+    def boom(requests):
+        raise RuntimeError("CUDA out of memory")
+
+    worker = BatchWorker(boom, max_batch=4)
+
+    async def main():
+        reqs = [ChatRequest([{"role": "user", "content": str(i)}]) for i in range(3)]
+        return await asyncio.gather(*(worker.submit(r) for r in reqs), return_exceptions=True)
+
+    out = asyncio.run(main())
+    worker.stop()
+    assert all(isinstance(e, RuntimeError) for e in out)
