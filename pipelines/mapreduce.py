@@ -1,0 +1,527 @@
+"""Map-reduce over a long document or corpus, after LLM x MapReduce.
+
+``plan`` cuts the target's chunks into pieces that fit the model's window; ``map`` turns
+each piece (in parallel, one ``Send`` each) into a structured record: extracted
+information, rationale, answer or NO INFORMATION, a confidence on a stated 1-5 scale and
+the chunk id. ``collect`` drops records with no information; ``collapse`` merges records
+in token-budgeted groups until they fit the reduce prompt; ``reduce`` answers once,
+resolving conflicts by confidence, and names the chunks the answer rests on.
+
+The graph is checkpointed in SQLite under the run id, so a run killed mid-map resumes
+(``resume``) without calling the model again for pieces already mapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from typing import Annotated, Any, TypedDict
+
+from app.errors import TomesError
+from app.events import Event, OnEvent, ignore
+from pipelines import _mapreduce_prompts as P
+from pipelines import _budget as B
+from pipelines import _records as R
+from pipelines import _runs
+from pipelines._records import Record
+from pipelines._structured import ParseError, parse_object, text_field
+from pipelines.environment import ChunkRecord, Environment
+from pipelines.result import Result
+from serving.base import ChatResponse
+from serving.lm import LM, get_lm, run_scope, run_sync, with_schema_instruction
+
+PIPELINE = "mapreduce"
+MODES = ("qa", "summary")
+MAX_LEVELS = 6  # collapse levels before notes are cut to fit instead
+_SAFETY = 48  # tokens kept free: joining texts can tokenize a little differently
+_RETRY_RESERVE = 64  # the retry's extra turn (the error message, a cut-down echo)
+
+
+# --- state -----------------------------------------------------------------------------
+
+
+class Piece(TypedDict):
+    """What one map call reads: consecutive chunks of one document (one, by default),
+    or a part of a chunk too big for the prompt."""
+
+    chunk_ids: list[int]
+    index: int  # position in document order
+    start: int  # span within the chunks' joined text
+    end: int
+    part: int
+    parts: int
+
+
+class Usage(TypedDict, total=False):
+    calls: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _add_usage(a: Usage | None, b: Usage | None) -> Usage:
+    out: Usage = dict(a or {})  # type: ignore[assignment]
+    for key, value in (b or {}).items():
+        out[key] = out.get(key, 0) + value  # type: ignore[literal-required]
+    return out
+
+
+class State(TypedDict, total=False):
+    mode: str
+    question: str | None
+    length: str
+    style: str | None
+    pieces: list[Piece]
+    mapped: Annotated[list[Record], operator.add]
+    notes: list[Record]
+    level: int
+    dropped: int
+    answer: str
+    cited: list[int]
+    usage: Annotated[Usage, _add_usage]
+
+
+class MapTask(TypedDict):
+    piece: Piece
+    total: int
+
+
+# --- the graph -------------------------------------------------------------------------
+
+
+class MapReduce:
+    """One map-reduce job over an Environment; ``graph()`` is its LangGraph."""
+
+    def __init__(
+        self, env: Environment, lm: LM, *, mode: str, question: str | None = None,
+        length: str = "medium", style: str | None = None, map_tokens: int | None = None,
+        on_event: OnEvent = ignore,
+    ) -> None:
+        if mode not in MODES:
+            raise TomesError(f"unknown map-reduce mode {mode!r}", f"use one of {', '.join(MODES)}")
+        if length not in P.LENGTHS:
+            raise TomesError(f"unknown summary length {length!r}", f"use one of {', '.join(P.LENGTHS)}")
+        if mode == "qa" and not (question or "").strip():
+            raise TomesError("the question is empty", "ask a question in words")
+        self.env = env
+        self.lm = lm
+        self.mode = mode
+        self.question = question.strip() if question else None
+        self.length = length
+        self.style = style
+        # Text per map call: None maps each chunk alone (fine-grained provenance, short
+        # prompts for small models); a number packs consecutive chunks up to it, which
+        # suits long-context models (fewer calls, less repeated instruction).
+        self.map_tokens = map_tokens
+        self.on_event = on_event
+        self.mapped_count = 0
+        self._json = bool(getattr(lm.backend, "supports_json_schema", False))
+        self._reduce_max = P.ANSWER_MAX_TOKENS if mode == "qa" else P.LENGTHS[length][1]
+
+    # budgets -------------------------------------------------------------------------
+
+    def _tokens(self, text: str) -> int:
+        return self.lm.count_tokens(text)
+
+    def _prompt_tokens(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> int:
+        """Prompt tokens as the LM will send them (schema note and template included)."""
+        if schema is not None and not self._json:
+            messages = with_schema_instruction(messages, schema)
+        count_messages = getattr(self.lm, "count_messages", None)
+        if count_messages is not None:
+            return count_messages(messages)
+        return sum(self._tokens(m["content"]) for m in messages) + 8 * len(messages) + 24
+
+    def _room(self, system: str, skeleton: str, max_tokens: int,
+              schema: dict[str, Any] | None) -> int:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": skeleton}]
+        reserve = _SAFETY + (_RETRY_RESERVE if schema is not None else 0)
+        room = self.lm.context_window - self._prompt_tokens(messages, schema) - max_tokens - reserve
+        if room < 64:
+            raise TomesError(
+                f"the model's window ({self.lm.context_window} tokens) leaves no room for "
+                "the text after the prompt and the reply",
+                "choose a model with a larger context window (`--backend` / TOMES_MODEL)",
+            )
+        return room
+
+    def map_budget(self) -> int:
+        return self._room(P.SYSTEM_MAP, P.map_prompt(self.mode, "", self.question, " (part 99 of 99)"),
+                          P.RECORD_MAX_TOKENS, P.RECORD_SCHEMA)
+
+    def collapse_budget(self) -> int:
+        return self._room(P.SYSTEM_MERGE, P.collapse_prompt(self.mode, "", self.question),
+                          P.RECORD_MAX_TOKENS, P.RECORD_SCHEMA)
+
+    def reduce_budget(self) -> int:
+        if self.mode == "qa":
+            return self._room(P.SYSTEM_MERGE, P.reduce_qa_prompt("", self.question),
+                              self._reduce_max, P.ANSWER_SCHEMA)
+        return self._room(P.SYSTEM_SUMMARY, P.reduce_summary_prompt("", self.length, self.style),
+                          self._reduce_max, None)
+
+    # model calls ---------------------------------------------------------------------
+
+    async def _call(self, messages: list[dict[str, str]], *, node: str, max_tokens: int,
+                    schema: dict[str, Any] | None, usage: Usage) -> ChatResponse:
+        response = await self.lm.achat(
+            messages, max_tokens=max_tokens, temperature=0.0, json_schema=schema, node=node,
+            # Without a grammar, small models ramble on after the object.
+            stop=None if (schema and self._json) else ["\n\n\n"],
+        )
+        if response.cache_hit:
+            usage["cache_hits"] = usage.get("cache_hits", 0) + 1
+        else:
+            usage["calls"] = usage.get("calls", 0) + 1
+            usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + response.usage.prompt_tokens
+            usage["completion_tokens"] = usage.get("completion_tokens", 0) + response.usage.completion_tokens
+        return response
+
+    async def _structured(self, system: str, prompt: str, *, node: str, schema: dict[str, Any],
+                          max_tokens: int, usage: Usage) -> tuple[dict[str, Any] | None, str, str]:
+        """(object or None, raw reply, how it was parsed). One retry with the parse error;
+        after that the caller falls back to the raw text. Never raises on a bad reply."""
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        first = await self._call(messages, node=node, max_tokens=max_tokens, schema=schema, usage=usage)
+        try:
+            return parse_object(first.text), first.text, "json"
+        except ParseError as exc:
+            error = str(exc)
+        retry = messages + [
+            {"role": "assistant", "content": first.text},
+            {"role": "user", "content": P.retry_prompt(error)},
+        ]
+        # The echoed reply is cut so the retry fits wherever the first call did.
+        spare = self.lm.context_window - max_tokens - _SAFETY - self._prompt_tokens(retry[:2] + retry[3:], schema)
+        retry[2]["content"] = B.truncate(first.text, max(0, min(spare, 200)), self._tokens) or "{"
+        second = await self._call(retry, node=node, max_tokens=max_tokens, schema=schema, usage=usage)
+        try:
+            return parse_object(second.text), second.text, "retry"
+        except ParseError:
+            raw = first.text if len(first.text.strip()) >= len(second.text.strip()) else second.text
+            return None, raw, "fallback"
+
+    # nodes ---------------------------------------------------------------------------
+
+    def plan(self, state: State) -> dict[str, Any]:
+        budget = self.map_budget()
+        chunks = self.env.chunks
+        sizes = self._count_many([c.text for c in chunks])
+        groups: list[list[ChunkRecord]] = []
+        if self.map_tokens:
+            limit, used = min(budget, self.map_tokens), 0
+            for chunk, size in zip(chunks, sizes):
+                last = groups[-1][-1] if groups else None
+                if (last is None or last.document_id != chunk.document_id
+                        or last.ordinal + 1 != chunk.ordinal or used + size > limit):
+                    groups.append([])
+                    used = 0
+                groups[-1].append(chunk)
+                used += size
+        else:
+            groups = [[c] for c in chunks]
+        pieces: list[Piece] = []
+        for group in groups:
+            text = self._joined([c.id for c in group])
+            spans = B.split(text, budget, self._tokens)
+            for part, (start, end) in enumerate(spans):
+                pieces.append(Piece(chunk_ids=[c.id for c in group], index=len(pieces),
+                                    start=start, end=end, part=part, parts=len(spans)))
+        self.on_event(Event("map", 0, len(pieces), message="mapping chunks"))
+        return {"pieces": pieces}
+
+    def _joined(self, chunk_ids: list[int]) -> str:
+        """The text of consecutive chunks, exactly as the document has it."""
+        first, last = self.env.chunk(chunk_ids[0]), self.env.chunk(chunk_ids[-1])
+        if first.id == last.id:
+            return first.text
+        offset = self.env.document(first.document_id).offset
+        return self.env.text[offset + first.start:offset + last.end]
+
+    def _count_many(self, texts: list[str]) -> list[int]:
+        count_many = getattr(self.lm.backend.tokenizer(), "count_many", None)
+        return list(count_many(texts)) if count_many else [self._tokens(t) for t in texts]
+
+    def fan_out(self, state: State) -> list[Any]:
+        from langgraph.types import Send
+
+        pieces = state["pieces"]
+        return [Send("map", MapTask(piece=p, total=len(pieces))) for p in pieces]
+
+    async def map(self, task: MapTask) -> dict[str, Any]:
+        piece = task["piece"]
+        ids = piece["chunk_ids"]
+        text = self._joined(ids)[piece["start"]:piece["end"]]
+        part = f" (part {piece['part'] + 1} of {piece['parts']})" if piece["parts"] > 1 else ""
+        usage: Usage = {}
+        obj, raw, how = await self._structured(
+            P.SYSTEM_MAP, P.map_prompt(self.mode, text, self.question, part), node="map",
+            schema=P.RECORD_SCHEMA, max_tokens=P.RECORD_MAX_TOKENS, usage=usage,
+        )
+        record = R.build_record(obj, raw, how, list(ids), piece["index"], self.mode, source=text)
+        self.mapped_count += 1
+        label = f"chunk {ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
+        self.on_event(Event("map", self.mapped_count, task["total"], message=label,
+                            data={"chunk_id": ids[0], "chunk_ids": list(ids),
+                                  "no_info": record["no_info"]}))
+        return {"mapped": [record], "usage": usage}
+
+    def collect(self, state: State) -> dict[str, Any]:
+        records = state.get("mapped", [])
+        kept = self._order([r for r in records if not r["no_info"]])
+        return {"notes": kept, "level": 0, "dropped": len(records) - len(kept)}
+
+    def route(self, state: State) -> str:
+        notes = state.get("notes", [])
+        if len(notes) <= 1 or state.get("level", 0) >= MAX_LEVELS:
+            return "reduce"
+        return "reduce" if self._fits(notes, self.reduce_budget()) else "collapse"
+
+    async def collapse(self, state: State) -> dict[str, Any]:
+        level = state.get("level", 0) + 1
+        budget = self.collapse_budget()
+        notes = [B.fit_note(n, budget, self._render_one, self._tokens) for n in state["notes"]]
+        groups = B.group_notes(notes, [self._tokens(self._render_one(n, 1)) + 2 for n in notes], budget)
+        if len(groups) == len(notes):
+            # Every note fills a prompt on its own: pair them, each cut to half the room.
+            notes = [B.fit_note(n, budget // 2, self._render_one, self._tokens) for n in notes]
+            groups = [notes[i:i + 2] for i in range(0, len(notes), 2)]
+        usage: Usage = {}
+        done = 0
+        self.on_event(Event("collapse", 0, len(groups), message=f"level {level}"))
+
+        async def merge(group: list[Record]) -> Record:
+            nonlocal done
+            if len(group) == 1:
+                merged = {**group[0], "parsed": "kept"}
+            else:
+                obj, raw, how = await self._structured(
+                    P.SYSTEM_MERGE, P.collapse_prompt(self.mode, self._render(group), self.question),
+                    node="collapse", schema=P.RECORD_SCHEMA, max_tokens=P.RECORD_MAX_TOKENS,
+                    usage=usage,
+                )
+                merged = R.merge_records(obj, raw, how, group, self.mode)
+            done += 1
+            self.on_event(Event("collapse", done, len(groups), message=f"level {level}"))
+            return merged
+
+        merged = await asyncio.gather(*(merge(g) for g in groups))
+        return {"notes": self._order(list(merged)), "level": level, "usage": usage}
+
+    async def reduce(self, state: State) -> dict[str, Any]:
+        notes = state.get("notes", [])
+        self.on_event(Event("reduce", 0, 1, message="answering"))
+        usage: Usage = {}
+        if not notes:
+            answer = ("The text has no information about this question."
+                      if self.mode == "qa" else "The text has no content to summarize.")
+            self.on_event(Event("reduce", 1, 1, message="nothing to reduce"))
+            return {"answer": answer, "cited": [], "usage": usage}
+        budget = self.reduce_budget()
+        notes = B.keep_within(notes, budget, self._render_one, self._tokens)
+        if self.mode == "qa":
+            answer, cited = await self._reduce_qa(notes, usage)
+        else:
+            answer, cited = await self._reduce_summary(notes, usage)
+        self.on_event(Event("reduce", 1, 1, message="done"))
+        return {"answer": answer, "cited": cited, "usage": usage}
+
+    async def _reduce_qa(self, notes: list[Record], usage: Usage) -> tuple[str, list[int]]:
+        obj, _raw, _how = await self._structured(
+            P.SYSTEM_MERGE, P.reduce_qa_prompt(self._render(notes), self.question), node="reduce",
+            schema=P.ANSWER_SCHEMA, max_tokens=self._reduce_max, usage=usage,
+        )
+        best = max(notes, key=lambda n: (n["confidence"], -n["position"]))
+        answer = text_field((obj or {}).get("answer"))
+        if not answer or R.is_no_info(answer) or answer.lower() in P.EXAMPLE_VALUES:
+            # The reduce said nothing usable: the most confident note answers.
+            return best["answer"] or best["extracted"], list(best["chunk_ids"])
+        cited: list[int] = []
+        for n in R.ints((obj or {}).get("notes")):
+            if 1 <= n <= len(notes):
+                cited += [c for c in notes[n - 1]["chunk_ids"] if c not in cited]
+        if not cited:
+            top = max(n["confidence"] for n in notes)
+            for note in notes:
+                if note["confidence"] == top:
+                    cited += [c for c in note["chunk_ids"] if c not in cited]
+        return answer, cited
+
+    async def _reduce_summary(self, notes: list[Record], usage: Usage) -> tuple[str, list[int]]:
+        ordered = sorted(notes, key=lambda n: n["position"])
+        messages = [
+            {"role": "system", "content": P.SYSTEM_SUMMARY},
+            {"role": "user", "content": P.reduce_summary_prompt(self._render(ordered), self.length, self.style)},
+        ]
+        response = await self._call(messages, node="reduce", max_tokens=self._reduce_max,
+                                    schema=None, usage=usage)
+        answer = R.dedupe_sentences(response.text.strip())
+        if len(answer) < 20:
+            answer = R.dedupe_sentences(" ".join(n["answer"] or n["extracted"] for n in ordered))
+        cited: list[int] = []
+        for note in ordered:
+            cited += [c for c in note["chunk_ids"] if c not in cited]
+        return answer, cited
+
+    # helpers -------------------------------------------------------------------------
+
+    def _order(self, notes: list[Record]) -> list[Record]:
+        if self.mode == "qa":  # the most confident first: they survive any cut
+            return sorted(notes, key=lambda n: (-n["confidence"], n["position"]))
+        return sorted(notes, key=lambda n: n["position"])
+
+    def _render_one(self, note: Record, number: int) -> str:
+        conf = f" (confidence {note['confidence']:.0f})" if self.mode == "qa" else ""
+        answer = note["answer"]
+        facts = note["extracted"] if note["extracted"] and note["extracted"] != answer else ""
+        line = f"[{number}]{conf} {answer}".rstrip()
+        if facts:
+            line += f"\n    facts: {facts}"
+        if self.mode == "qa" and note["rationale"]:
+            line += f"\n    why: {note['rationale']}"
+        return line
+
+    def _render(self, notes: list[Record]) -> str:
+        return "\n".join(self._render_one(n, i + 1) for i, n in enumerate(notes))
+
+    def _fits(self, notes: list[Record], budget: int) -> bool:
+        return self._tokens(self._render(notes)) <= budget
+
+    def graph(self) -> Any:
+        from langgraph.graph import END, START, StateGraph
+
+        builder = StateGraph(State)
+        builder.add_node("plan", self.plan)
+        builder.add_node("map", self.map)
+        builder.add_node("collect", self.collect)
+        builder.add_node("collapse", self.collapse)
+        builder.add_node("reduce", self.reduce)
+        builder.add_edge(START, "plan")
+        builder.add_conditional_edges("plan", self.fan_out, ["map"])
+        builder.add_edge("map", "collect")
+        builder.add_conditional_edges("collect", self.route, ["collapse", "reduce"])
+        builder.add_conditional_edges("collapse", self.route, ["collapse", "reduce"])
+        builder.add_edge("reduce", END)
+        return builder
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def summarize(target: str | int, *, length: str = "medium", style: str | None = None,
+              map_tokens: int | None = None, on_event: OnEvent = ignore,
+              run_id: str | None = None, lm: LM | None = None) -> Result:
+    return run_sync(arun(target, mode="summary", length=length, style=style,
+                         map_tokens=map_tokens, on_event=on_event, run_id=run_id, lm=lm))
+
+
+def ask(target: str | int, question: str, *, map_tokens: int | None = None,
+        on_event: OnEvent = ignore, run_id: str | None = None, lm: LM | None = None) -> Result:
+    return run_sync(arun(target, mode="qa", question=question, map_tokens=map_tokens,
+                         on_event=on_event, run_id=run_id, lm=lm))
+
+
+def resume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
+    return run_sync(aresume(run_id, on_event=on_event, lm=lm))
+
+
+async def arun(
+    target: str | int, *, mode: str, question: str | None = None, length: str = "medium",
+    style: str | None = None, map_tokens: int | None = None, on_event: OnEvent = ignore,
+    run_id: str | None = None, lm: LM | None = None,
+) -> Result:
+    """Run map-reduce over ``target`` (a document or corpus) and record it as a Run."""
+    lm = lm or get_lm()
+    env = Environment.load(target, lm=lm)
+    job = MapReduce(env, lm, mode=mode, question=question, length=length, style=style,
+                    map_tokens=map_tokens, on_event=on_event)  # validates the options
+    job.map_budget()  # a window too small for any text fails here, before the Run exists
+    params = {"mode": mode, "length": length, "style": style, "map_tokens": map_tokens,
+              "backend": lm.backend.name, "model": lm.model}
+    run_id = _runs.create_run(run_id, PIPELINE, env.target.label, job.question, params)
+    return await _execute(job, run_id)
+
+
+async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
+    """Continue a run from its last checkpoint; a finished run returns its result."""
+    run = _runs.load_run(run_id)
+    if run["pipeline"] != PIPELINE:
+        raise TomesError(f"run {run_id} is a {run['pipeline']} run", "resume it with its own pipeline")
+    if run["status"] == "done" and run["result"]:
+        return Result.from_dict(run["result"])
+    params = run["params"] or {}
+    lm = lm or get_lm()
+    env = Environment.load(run["target"], lm=lm)
+    job = MapReduce(env, lm, mode=params.get("mode", "summary"), question=run["question"],
+                    length=params.get("length", "medium"), style=params.get("style"),
+                    map_tokens=params.get("map_tokens"), on_event=on_event)
+    return await _execute(job, run_id)
+
+
+async def _execute(job: MapReduce, run_id: str) -> Result:
+    _runs.mark_running(run_id)
+    config = {
+        "configurable": {"thread_id": run_id},
+        # No "max_concurrency": LangGraph gates its checkpoint writes behind the same
+        # semaphore, so finished maps would not be saved until queued maps ran. The
+        # LM's own semaphore caps the backend at its capacity instead.
+        "recursion_limit": 50 + 4 * MAX_LEVELS,
+    }
+    try:
+        with run_scope(run_id):
+            async with _runs.checkpointer() as saver:
+                graph = job.graph().compile(checkpointer=saver)
+                snapshot = await graph.aget_state(config)
+                if snapshot.values:  # resuming: carry on from the last checkpoint
+                    job.mapped_count = sum(
+                        1 for t in snapshot.tasks if t.name == "map" and t.result is not None
+                    ) + (len(snapshot.values.get("mapped", [])) if "map" not in snapshot.next else 0)
+                    inputs = None
+                else:
+                    inputs = {"mode": job.mode, "question": job.question,
+                              "length": job.length, "style": job.style}
+                # "async": a step's checkpoint is saved while the next step runs (half the
+                # overhead of "sync"); a finished task's writes are saved as it ends either
+                # way, on the one SQLite connection in order, so a killed run loses none.
+                final = await graph.ainvoke(inputs, config, durability="async")
+    except TomesError as exc:
+        _runs.fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
+        resume_fix = f"continue with `tomes resume {run_id}` (finished work is kept)"
+        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
+    except Exception as exc:
+        _runs.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise TomesError(
+            f"run {run_id} stopped: {exc}",
+            f"fix the cause, then continue with `tomes resume {run_id}` (finished work is kept)",
+        ) from exc
+    except BaseException:
+        _runs.fail_run(run_id, "interrupted")
+        raise
+    result = _result(job, run_id, final)
+    _runs.finish_run(run_id, result.answer, result.to_dict())
+    return result
+
+
+def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
+    mapped = final.get("mapped", [])
+    usage = final.get("usage", {}) or {}
+    parsed: dict[str, int] = {}
+    for rec in mapped:
+        parsed[rec["parsed"]] = parsed.get(rec["parsed"], 0) + 1
+    return Result(
+        answer=final.get("answer", ""),
+        provenance=R.provenance(job.env, final.get("cited", []), mapped),
+        run_id=run_id,
+        pipeline=PIPELINE,
+        calls=usage.get("calls", 0),
+        cache_hits=usage.get("cache_hits", 0),
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+        details={
+            "mode": job.mode, "question": job.question, "length": job.length, "style": job.style,
+            "target": job.env.target.label, "pieces": len(final.get("pieces", [])),
+            "mapped": len(mapped), "dropped": final.get("dropped", 0),
+            "collapse_levels": final.get("level", 0), "parsed": parsed,
+            "backend": job.lm.backend.name, "model": job.lm.model,
+        },
+    )

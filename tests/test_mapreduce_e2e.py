@@ -1,0 +1,48 @@
+"""End to end: summarize a real text with the real embedded model (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import settings
+from app.api import Tomes
+from app.store import Chunk, session_scope
+
+
+@pytest.mark.slow
+# ~12 map calls of up to 256 tokens on 2 CPU cores: a minute or two alone, far more
+# when the cores are shared; the timeout only guards against a hang.
+@pytest.mark.timeout(2400)
+def test_summarize_a_real_text_with_the_embedded_model(shared_data: Path) -> None:
+    path = shared_data / "books" / "a_modest_proposal.txt"
+    with settings.override(backend="embedded"):  # chunk with the model's own tokenizer
+        report = Tomes().ingest([path], "books", embed=False)
+    assert not report.failed, report.failed
+    doc = report.added[0].document_id
+    with session_scope() as s:
+        chunk_ids = {c.id for c in s.query(Chunk).filter_by(document_id=doc)}
+
+    tomes = Tomes(backend="embedded")
+    first = tomes.summarize(doc, length="short")
+
+    assert len(first.answer.split()) >= 8, first.answer
+    cited = {p.chunk_id for p in first.provenance}
+    assert cited and cited <= chunk_ids
+    assert all(p.document_id == doc and p.quote for p in first.provenance)
+    # Every call was logged under the run, with its node; every chunk was mapped.
+    calls = tomes.calls(first.run_id)
+    maps = [c for c in calls if c["node"] == "map"]
+    assert len(maps) >= first.details["pieces"] >= len(chunk_ids)
+    assert {c["run_id"] for c in calls} == {first.run_id}
+    assert [c["node"] for c in calls].count("reduce") >= 1
+    assert first.calls == len([c for c in calls if not c["cache_hit"]]) > 0
+    assert first.prompt_tokens > 0 and first.completion_tokens > 0
+
+    # The same job again is answered from the response cache: no backend request.
+    second = tomes.summarize(doc, length="short")
+    assert second.run_id != first.run_id
+    assert second.calls == 0 and second.cache_hits == first.calls
+    assert second.answer == first.answer
+    assert all(c["cache_hit"] for c in tomes.calls(second.run_id))
