@@ -40,6 +40,12 @@ class Settings:
     request_timeout: float = 600.0
     cache: bool = True
 
+    # Pipelines. Text per map call: None maps each chunk alone (chunk-level provenance,
+    # short prompts a small model can follow); with a long-context model set e.g. 16000
+    # to pack consecutive chunks: fewer calls, less repeated instruction, and a target
+    # that fits in one call is answered by one call.
+    map_tokens: int | None = None
+
     # Ingestion.
     max_file_mb: float = 50.0
     chunk_tokens: int = 512
@@ -83,6 +89,7 @@ _ENV: dict[str, type] = {
     "api_key_env": str,
     "concurrency": int,
     "request_timeout": float,
+    "map_tokens": int,
     "max_file_mb": float,
     "chunk_tokens": int,
     "chunk_overlap": int,

@@ -2,7 +2,8 @@
 
 Same document, same chunks, same backend for every system:
   - tomes          pipelines.mapreduce (structured map records, one chunk per map call)
-  - tomes-packed   the same with --map-tokens filling the window (fewer, longer maps)
+  - tomes-packed   the same with --map-tokens filling the window (fewer, longer maps;
+                   a text that fits one call is answered by one call)
   - langgraph      the LangChain/LangGraph "summarize text through parallelization"
                    recipe: map with Send, collapse by token_max (1000, as in the recipe)
                    with split_list_of_docs/acollapse_docs, generate_final_summary
@@ -48,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from serving.base import Backend, ChatRequest, ChatResponse  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-DEFAULT_DOC = DATA / "books" / "a_modest_proposal.txt"
+DEFAULT_DOC = DATA / "books" / "the_great_gatsby.txt"
 PEER_MAX_TOKENS = 256  # the same cap as a tomes map record
 TOKEN_MAX = 1000  # the LangGraph recipe's collapse threshold
 
@@ -272,7 +273,10 @@ def llamaindex_llm(lm: Any) -> Any:
 
         @property
         def metadata(self) -> LLMMetadata:
-            return LLMMetadata(context_window=self._lm.context_window, num_output=self.num_output,
+            # LlamaIndex packs prompts to the window counting text only; the chat
+            # template's own tokens are taken off, or its packed prompts overflow.
+            window = self._lm.context_window - self._lm.backend.prompt_overhead([{}])
+            return LLMMetadata(context_window=window, num_output=self.num_output,
                                model_name=self._lm.model)
 
         @llm_completion_callback()
@@ -358,7 +362,11 @@ def ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    tomes = next(r for r in rows if r["system"] == "tomes")
+    """The issue's goals, for each tomes configuration against the best peer."""
+    return {r["system"]: _verdict(r, rows) for r in rows if r["system"].startswith("tomes")}
+
+
+def _verdict(tomes: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     peers = [r for r in rows if not r["system"].startswith("tomes")]
     best_tokens = min(peers, key=lambda r: r["tokens"])
     best_wall = min(peers, key=lambda r: r["wall_s"])
@@ -428,8 +436,9 @@ async def suite(title: str, inner: Backend, doc: int, chunks: list[str], memory:
     print(f"cache: first run {rows[0]['calls']} calls, same job again {again['calls']} calls "
           f"({again['wall_s']:.2f}s)")
     v = verdict(rows)
-    print(f"goal: tokens {v['tokens_vs_best_peer']}x best peer ({v['best_peer_tokens']}), "
-          f"wall {v['wall_vs_best_peer']}x best peer ({v['best_peer_wall']})")
+    for system, g in v.items():
+        print(f"goal, {system}: tokens {g['tokens_vs_best_peer']}x best peer ({g['best_peer_tokens']}), "
+              f"wall {g['wall_vs_best_peer']}x best peer ({g['best_peer_wall']})")
     return {"title": title, "chunks": len(chunks), "rows": rows, "cache": cache, "verdict": v}
 
 

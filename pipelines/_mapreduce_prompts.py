@@ -15,6 +15,7 @@ SCALE = "Confidence: 5 = the text states it, 3 = inferred from the text, 1 = unr
 
 SYSTEM_MAP = "You read one part of a long document. Reply with one JSON object only."
 SYSTEM_MERGE = "You merge notes taken from a long document. Reply with one JSON object only."
+SYSTEM_DIRECT = "You answer questions about a document. Reply with one JSON object only."
 SYSTEM_SUMMARY = "You write clear, faithful summaries. Never repeat a sentence."
 
 _QA_EXAMPLE = (
@@ -131,6 +132,30 @@ def reduce_summary_prompt(notes: str, length: str, style: str | None) -> str:
         f"Notes on a document, part by part, in order:\n{notes}\n\n"
         f"Write a {instruction} summary of the whole document from these notes.{style_line}"
     )
+
+
+DIRECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": _STRING, "rationale": _STRING,
+                   "confidence": {"type": "integer", "minimum": 1, "maximum": 5}},
+    "required": ["answer", "rationale", "confidence"],
+    "additionalProperties": False,
+}
+
+
+def direct_qa_prompt(text: str, question: str | None) -> str:
+    return (
+        f'Document:\n"""\n{text}\n"""\n\nQuestion: {question}\n\n'
+        f'Answer from the document only; if it does not say, answer "{NO_INFO}". Reply as JSON:\n'
+        '{"answer": "<the answer>", "rationale": "<the words of the document it rests on>", '
+        '"confidence": <1-5>}\n' + SCALE
+    )
+
+
+def direct_summary_prompt(text: str, length: str, style: str | None) -> str:
+    instruction, _ = LENGTHS[length]
+    style_line = f" Style: {style}." if style else ""
+    return f'Document:\n"""\n{text}\n"""\n\nWrite a {instruction} summary of this document.{style_line}'
 
 
 def retry_prompt(error: str) -> str:

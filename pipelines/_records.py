@@ -116,7 +116,24 @@ def dedupe_sentences(text: str) -> str:
     return " ".join(out).strip()
 
 
-def provenance(env: Environment, cited: list[int], mapped: list[Record]) -> list[Provenance]:
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w{4,}", text.lower()))
+
+
+def supporting_chunks(env: Environment, chunk_ids: list[int], claim: str, most: int = 3) -> list[int]:
+    """The chunks (at most ``most``, in document order) that share most words with a
+    claim: provenance for an answer written from a whole text in one call."""
+    words = _words(claim)
+    overlap = {cid: len(words & _words(env.chunk(cid).text)) for cid in chunk_ids}
+    top = max(overlap.values(), default=0)
+    if not top:
+        return []
+    best = sorted(chunk_ids, key=lambda c: -overlap[c])[:most]
+    return [c for c in chunk_ids if c in best and overlap[c] * 2 >= top]
+
+
+def provenance(env: Environment, cited: list[int], mapped: list[Record],
+               hint: str = "") -> list[Provenance]:
     best: dict[int, Record] = {}
     for rec in mapped:
         for cid in rec["chunk_ids"]:
@@ -128,11 +145,11 @@ def provenance(env: Environment, cited: list[int], mapped: list[Record]) -> list
             continue  # never cite what the target does not hold
         chunk = env.chunk(cid)
         rec = best.get(cid)
-        hint = f"{rec['extracted']} {rec['answer']}" if rec else ""
+        why = f"{rec['extracted']} {rec['answer']}" if rec else hint
         out.append(Provenance(
             chunk_id=cid, document_id=chunk.document_id,
             title=env.document(chunk.document_id).title, start=chunk.start, end=chunk.end,
-            page=chunk.page, quote=quote(chunk.text, hint),
+            page=chunk.page, quote=quote(chunk.text, why),
         ))
     return out
 

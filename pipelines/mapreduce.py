@@ -72,6 +72,7 @@ class State(TypedDict, total=False):
     length: str
     style: str | None
     pieces: list[Piece]
+    direct: bool  # the whole target fits one call: no map, no collapse
     mapped: Annotated[list[Record], operator.add]
     notes: list[Record]
     level: int
@@ -112,6 +113,10 @@ class MapReduce:
         # Text per map call: None maps each chunk alone (fine-grained provenance, short
         # prompts for small models); a number packs consecutive chunks up to it, which
         # suits long-context models (fewer calls, less repeated instruction).
+        if map_tokens is None:
+            from app.settings import get_settings
+
+            map_tokens = get_settings().map_tokens
         self.map_tokens = map_tokens
         self.on_event = on_event
         self.mapped_count = 0
@@ -152,6 +157,13 @@ class MapReduce:
     def collapse_budget(self) -> int:
         return self._room(P.SYSTEM_MERGE, P.collapse_prompt(self.mode, "", self.question),
                           P.RECORD_MAX_TOKENS, P.RECORD_SCHEMA)
+
+    def direct_budget(self) -> int:
+        if self.mode == "qa":
+            return self._room(P.SYSTEM_DIRECT, P.direct_qa_prompt("", self.question),
+                              self._reduce_max, P.DIRECT_SCHEMA)
+        return self._room(P.SYSTEM_SUMMARY, P.direct_summary_prompt("", self.length, self.style),
+                          self._reduce_max, None)
 
     def reduce_budget(self) -> int:
         if self.mode == "qa":
@@ -227,8 +239,17 @@ class MapReduce:
             for part, (start, end) in enumerate(spans):
                 pieces.append(Piece(chunk_ids=[c.id for c in group], index=len(pieces),
                                     start=start, end=end, part=part, parts=len(spans)))
+        if self.map_tokens and len(groups) == 1 and len(pieces) == 1 and self._fits_direct(pieces[0]):
+            return {"pieces": pieces, "direct": True}
         self.on_event(Event("map", 0, len(pieces), message="mapping chunks"))
-        return {"pieces": pieces}
+        return {"pieces": pieces, "direct": False}
+
+    def _fits_direct(self, piece: Piece) -> bool:
+        """Packing asked for, and the whole target fits the map budget and one answer
+        prompt: reading it in one call beats a map and a reduce over one record."""
+        text = self._joined(piece["chunk_ids"])
+        n = self._tokens(text)
+        return n <= self.map_tokens and n <= self.direct_budget()  # type: ignore[operator]
 
     def _joined(self, chunk_ids: list[int]) -> str:
         """The text of consecutive chunks, exactly as the document has it."""
@@ -245,8 +266,37 @@ class MapReduce:
     def fan_out(self, state: State) -> list[Any]:
         from langgraph.types import Send
 
+        if state.get("direct"):
+            return ["direct"]
         pieces = state["pieces"]
         return [Send("map", MapTask(piece=p, total=len(pieces))) for p in pieces]
+
+    async def direct(self, state: State) -> dict[str, Any]:
+        ids = state["pieces"][0]["chunk_ids"]
+        text = self._joined(ids)
+        self.on_event(Event("reduce", 0, 1, message="the text fits one call"))
+        usage: Usage = {}
+        if self.mode == "qa":
+            obj, raw, _how = await self._structured(
+                P.SYSTEM_DIRECT, P.direct_qa_prompt(text, self.question), node="direct",
+                schema=P.DIRECT_SCHEMA, max_tokens=self._reduce_max, usage=usage,
+            )
+            answer = text_field((obj or {}).get("answer")) if obj else text_field(raw, 1500)
+            if not answer or R.is_no_info(answer) or answer.lower() in P.EXAMPLE_VALUES:
+                answer, cited = "The text has no information about this question.", []
+            else:
+                why = text_field((obj or {}).get("rationale"))
+                cited = R.supporting_chunks(self.env, ids, f"{answer} {why}")
+        else:
+            messages = [
+                {"role": "system", "content": P.SYSTEM_SUMMARY},
+                {"role": "user", "content": P.direct_summary_prompt(text, self.length, self.style)},
+            ]
+            response = await self._call(messages, node="direct", max_tokens=self._reduce_max,
+                                        schema=None, usage=usage)
+            answer, cited = R.dedupe_sentences(response.text.strip()), list(ids)
+        self.on_event(Event("reduce", 1, 1, message="done"))
+        return {"answer": answer, "cited": cited, "usage": usage}
 
     async def map(self, task: MapTask) -> dict[str, Any]:
         piece = task["piece"]
@@ -345,6 +395,11 @@ class MapReduce:
             for note in notes:
                 if note["confidence"] == top:
                     cited += [c for c in note["chunk_ids"] if c not in cited]
+        if len(cited) > 3:
+            # Packed maps and merged notes cover many chunks each: cite the few that
+            # carry the answer's words.
+            why = text_field((obj or {}).get("rationale"))
+            cited = R.supporting_chunks(self.env, cited, f"{answer} {why}", most=5) or cited
         return answer, cited
 
     async def _reduce_summary(self, notes: list[Record], usage: Usage) -> tuple[str, list[int]]:
@@ -396,12 +451,14 @@ class MapReduce:
         builder.add_node("collect", self.collect)
         builder.add_node("collapse", self.collapse)
         builder.add_node("reduce", self.reduce)
+        builder.add_node("direct", self.direct)
         builder.add_edge(START, "plan")
-        builder.add_conditional_edges("plan", self.fan_out, ["map"])
+        builder.add_conditional_edges("plan", self.fan_out, ["map", "direct"])
         builder.add_edge("map", "collect")
         builder.add_conditional_edges("collect", self.route, ["collapse", "reduce"])
         builder.add_conditional_edges("collapse", self.route, ["collapse", "reduce"])
         builder.add_edge("reduce", END)
+        builder.add_edge("direct", END)
         return builder
 
 
@@ -436,7 +493,7 @@ async def arun(
     job = MapReduce(env, lm, mode=mode, question=question, length=length, style=style,
                     map_tokens=map_tokens, on_event=on_event)  # validates the options
     job.map_budget()  # a window too small for any text fails here, before the Run exists
-    params = {"mode": mode, "length": length, "style": style, "map_tokens": map_tokens,
+    params = {"mode": mode, "length": length, "style": style, "map_tokens": job.map_tokens,
               "backend": lm.backend.name, "model": lm.model}
     run_id = _runs.create_run(run_id, PIPELINE, env.target.label, job.question, params)
     return await _execute(job, run_id)
@@ -510,7 +567,8 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
         parsed[rec["parsed"]] = parsed.get(rec["parsed"], 0) + 1
     return Result(
         answer=final.get("answer", ""),
-        provenance=R.provenance(job.env, final.get("cited", []), mapped),
+        provenance=R.provenance(job.env, final.get("cited", []), mapped,
+                                hint=final.get("answer", "") if final.get("direct") else ""),
         run_id=run_id,
         pipeline=PIPELINE,
         calls=usage.get("calls", 0),
@@ -520,6 +578,7 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
         details={
             "mode": job.mode, "question": job.question, "length": job.length, "style": job.style,
             "target": job.env.target.label, "pieces": len(final.get("pieces", [])),
+            "direct": bool(final.get("direct")),
             "mapped": len(mapped), "dropped": final.get("dropped", 0),
             "collapse_levels": final.get("level", 0), "parsed": parsed,
             "backend": job.lm.backend.name, "model": job.lm.model,

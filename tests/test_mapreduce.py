@@ -394,6 +394,57 @@ def test_map_tokens_packs_consecutive_chunks_into_one_call(tmp_path: Path) -> No
     assert {p.chunk_id for p in result.provenance} == set(by_id)
 
 
+def test_a_target_that_fits_one_packed_call_is_answered_by_one_call(tmp_path: Path) -> None:
+    doc = ingest_story(tmp_path, FILLER[:3] + [PARIS] + FILLER[3:])
+    rows = chunk_rows(doc)
+    assert len(rows) > 2
+    backend = ScriptedBackend(lambda r: json.dumps({
+        "answer": "Paris, under the old bridge", "confidence": 5,
+        "rationale": "the captain's letter says the treasure is buried in Paris"}))
+    # The packing size comes from the settings (TOMES_MAP_TOKENS) when not passed.
+    with settings.override(map_tokens=4000):
+        result = mapreduce.ask(doc, "Where is the treasure?", lm=LM(backend, cache=False))
+    assert len(backend.requests) == 1
+    (req,) = backend.requests
+    assert req.messages[0]["content"].startswith(P.SYSTEM_DIRECT)
+    assert all(c.text in text_of(req) for c in rows)  # the whole document, in one prompt
+    assert "Paris" in result.answer and result.details["direct"] and result.calls == 1
+    # Provenance: the chunks that carry the answer's words, not every chunk it read.
+    assert chunk_with(doc, "Paris") in {p.chunk_id for p in result.provenance}
+    assert len(result.provenance) < len(rows)
+
+
+def test_packed_answers_cite_the_chunks_that_carry_them(tmp_path: Path) -> None:
+    doc = ingest_story(tmp_path, FILLER + [PARIS] + FILLER)
+
+    def reply(r: ChatRequest) -> str:
+        if kind(r) == "map":
+            return record("Paris", 5) if "Paris" in text_of(r) else record(P.NO_INFO, 1)
+        return json.dumps({"answer": "In Paris, under the old bridge", "confidence": 5,
+                           "rationale": "the captain's letter", "notes": [1]})
+
+    backend = ScriptedBackend(reply)
+    result = mapreduce.ask(doc, "Where is the treasure?", lm=LM(backend, cache=False), map_tokens=200)
+    assert not result.details["direct"]
+    packed = [r for r in backend.requests if kind(r) == "map" and "Paris" in text_of(r)]
+    assert packed and sum(c.text in text_of(packed[0]) for c in chunk_rows(doc)) > 3
+    assert [p.chunk_id for p in result.provenance] == [chunk_with(doc, "Paris")]
+
+
+def test_one_call_summary_cites_the_whole_text_and_too_big_targets_are_mapped(tmp_path: Path) -> None:
+    doc = ingest_story(tmp_path, FILLER)
+    rows = chunk_rows(doc)
+    backend = ScriptedBackend(lambda r: record("part", 3) if kind(r) == "map"
+                              else "A village with a river, a mill and a famous baker.")
+    result = mapreduce.summarize(doc, lm=LM(backend, cache=False), map_tokens=4000)
+    assert len(backend.requests) == 1 and result.details["direct"]
+    assert [p.chunk_id for p in result.provenance] == [c.id for c in rows]
+    backend.requests.clear()
+    result = mapreduce.summarize(doc, lm=LM(backend, cache=False), map_tokens=60)
+    assert not result.details["direct"]
+    assert sum(kind(r) == "map" for r in backend.requests) > 1
+
+
 def test_a_window_too_small_for_any_text_is_a_clear_error(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER)
     lm = LM(ScriptedBackend(context_window=300), cache=False)

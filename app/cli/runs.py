@@ -16,7 +16,8 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 BackendOpt = typer.Option(None, "--backend", "-b", help="Serving backend (default: settings).")
 MapTokensOpt = typer.Option(
     None, "--map-tokens", min=1,
-    help="Pack consecutive chunks into map calls of up to N tokens (default: one chunk each).",
+    help="Pack consecutive chunks into map calls of up to N tokens; a target that fits is "
+    "answered in one call (default: TOMES_MAP_TOKENS, else one chunk per call).",
 )
 
 
