@@ -10,37 +10,11 @@ import pytest
 
 from app import settings
 from app.api import Tomes
+from bench.needles import NEEDLES as ALL_NEEDLES
+from bench.needles import plant
 from retrieval.embedders import get_embedder
 
-# (planted sentence, a question that paraphrases it)
-NEEDLES = [
-    ("The harbour master of Kilrush kept exactly forty-two brass telescopes in a locked cedar chest.",
-     "How many telescopes did the Kilrush port official store away in a chest?"),
-    ("Captain Orla Vance named her racing pigeon Marmalade after the jam her grandmother sold in Galway.",
-     "What did Captain Vance call her pigeon, and where did the name come from?"),
-    ("In 1723 the parish of Ballybrack forbade the selling of turnips on Sundays after a riot at the market.",
-     "Which vegetable could not be sold on the Sabbath in Ballybrack?"),
-    ("The chemist Tobias Wren found that copper kettles turned the spring water of Mallow faintly green.",
-     "What colour did Mallow's spring water become when Wren boiled it in copper?"),
-    ("Every winter solstice the monks of Skellig Rock rang a bell cast from melted silver spoons.",
-     "What metal objects were melted down to make the bell of the Skellig monks?"),
-    ("The weaver Brigid Lenihan sold a tapestry of a blue heron to the Earl of Clare for ninety guineas.",
-     "How much did the Earl of Clare pay for Lenihan's heron tapestry?"),
-]
-
-
-def plant(text: str, needles: list[str], seed: int = 7) -> str:
-    """Insert each needle as its own paragraph at a random paragraph break of the body
-    (between Gutenberg's START and END lines, which ingestion keeps out of the text)."""
-    start = text.find("*** START OF")
-    end = text.find("*** END OF")
-    lo, hi = (start if start >= 0 else 0), (end if end >= 0 else len(text))
-    breaks = [i for i in range(lo, hi - 1) if text[i : i + 2] == "\n\n"]
-    rng = random.Random(seed)
-    spots = sorted(rng.sample(breaks[2:-2], len(needles)), reverse=True)
-    for spot, needle in zip(spots, needles):
-        text = text[:spot] + "\n\n" + needle + text[spot:]
-    return text
+NEEDLES = ALL_NEEDLES[:6]
 
 
 @pytest.mark.slow
@@ -61,7 +35,7 @@ def test_planted_needles_come_back_for_paraphrased_questions(shared_data, tmp_pa
     raw = (shared_data / "books" / "a_modest_proposal.txt").read_text(encoding="utf-8-sig")
     raw = raw.replace("\r\n", "\n").replace("\r", "\n")
     book = tmp_path / "a_modest_proposal_planted.txt"
-    book.write_text(plant(raw, [n for n, _ in NEEDLES]), encoding="utf-8")
+    book.write_text(plant(raw, [n for n, _ in NEEDLES], random.Random(7)), encoding="utf-8")
 
     # Small chunks, so that the top 3 is a small share of the book (under 10%): a
     # ranker that ignored the question would find few needles.

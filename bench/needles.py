@@ -1,0 +1,63 @@
+"""Planted facts and questions that paraphrase them: retrieval and provenance are
+measured by whether the planted sentence comes back. Shared by bench/ and tests/."""
+
+from __future__ import annotations
+
+import random
+
+# Twenty planted facts and questions that paraphrase them (names kept, wording changed).
+NEEDLES = [
+    ("The harbour master of Kilrush kept exactly forty-two brass telescopes in a locked cedar chest.",
+     "How many telescopes did the Kilrush port official store away in a chest?"),
+    ("Captain Orla Vance named her racing pigeon Marmalade after the jam her grandmother sold in Galway.",
+     "What did Captain Vance call her pigeon, and where did the name come from?"),
+    ("In 1723 the parish of Ballybrack forbade the selling of turnips on Sundays after a riot at the market.",
+     "Which vegetable could not be sold on the Sabbath in Ballybrack?"),
+    ("The chemist Tobias Wren found that copper kettles turned the spring water of Mallow faintly green.",
+     "What colour did Mallow's spring water become when Wren boiled it in copper?"),
+    ("Every winter solstice the monks of Skellig Rock rang a bell cast from melted silver spoons.",
+     "What metal objects were melted down to make the bell of the Skellig monks?"),
+    ("The weaver Brigid Lenihan sold a tapestry of a blue heron to the Earl of Clare for ninety guineas.",
+     "How much did the Earl of Clare pay for Lenihan's heron tapestry?"),
+    ("Doctor Anselm Fitch cured the miller's gout with a poultice of mustard seed and crushed juniper.",
+     "What remedy did Dr Fitch apply to treat the miller's gout?"),
+    ("The clockmaker of Pemberton Lane built a clock whose cuckoo sang the first bars of a Handel aria.",
+     "Which composer's music did the Pemberton Lane cuckoo clock play?"),
+    ("Lady Euphemia Crane refused to travel by carriage after her grey mare bolted on Westminster Bridge.",
+     "Why would Lady Crane no longer ride in a carriage?"),
+    ("The lighthouse on Inishcrone burned whale oil until 1811, when a storm drowned its supply ship.",
+     "What fuel did the Inishcrone light use before the supply vessel was lost?"),
+    ("A Dutch merchant named Pieter Hals traded four hundred tulip bulbs for a single Arabian stallion.",
+     "What did Pieter Hals get in exchange for his tulip bulbs?"),
+    ("The village school at Thornbury taught arithmetic using an abacus carved from walnut by the blacksmith.",
+     "Who made the walnut counting frame used at the Thornbury school?"),
+    ("Colonel Ambrose Tate kept a tame badger that slept each night in his regimental drum.",
+     "Where did Colonel Tate's pet badger sleep?"),
+    ("The ferry from Rosslare to Fishguard once carried a circus elephant called Jupiter across the sea.",
+     "Which animal crossed on the Rosslare to Fishguard boat, and what was it named?"),
+    ("Miss Harriet Oddly won the county archery prize three summers running with a bow of yew.",
+     "How many years in a row did Harriet Oddly take the archery trophy?"),
+    ("The bishop of Cloyne forbade card games in the deanery after losing his mitre at whist.",
+     "What did the bishop of Cloyne lose that made him ban cards?"),
+    ("On the island of Tory the fishermen painted their boat hulls saffron to ward off seals.",
+     "Why were boats on Tory coloured yellow-orange?"),
+    ("The astronomer Cecily Marsh catalogued a comet she named after her cat, Bartholomew.",
+     "Whom did the astronomer Marsh name her comet after?"),
+    ("A baker in Kinsale sold gingerbread shaped like frigates to celebrate the navy's return.",
+     "What shape were the Kinsale baker's gingerbread biscuits?"),
+    ("The poet Ambrose Kell wrote his sonnets only on the backs of discarded theatre bills.",
+     "What paper did Kell use for writing his sonnets?"),
+]
+
+
+def plant(text: str, needles: list[str], rng: random.Random) -> str:
+    """Each needle as its own paragraph at a random paragraph break of the body (between
+    Gutenberg's START and END lines, which ingestion keeps out of the text)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    start, end = text.find("*** START OF"), text.find("*** END OF")
+    lo, hi = (start if start >= 0 else 0), (end if end >= 0 else len(text))
+    breaks = [i for i in range(lo, hi - 1) if text[i : i + 2] == "\n\n"]
+    spots = sorted(rng.sample(breaks[2:-2], len(needles)), reverse=True)
+    for spot, needle in zip(spots, needles):
+        text = text[:spot] + "\n\n" + needle + text[spot:]
+    return text
