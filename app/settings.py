@@ -40,10 +40,10 @@ class Settings:
     request_timeout: float = 600.0
     cache: bool = True
 
-    # Pipelines. Text per map call: None maps each chunk alone (chunk-level provenance,
-    # short prompts a small model can follow); with a long-context model set e.g. 16000
-    # to pack consecutive chunks: fewer calls, less repeated instruction, and a target
-    # that fits in one call is answered by one call.
+    # Pipelines. Text per map call. None: each chunk alone on models with windows under
+    # 32K tokens (chunk-level provenance, short prompts a small model can follow), and
+    # 16,000 tokens of consecutive chunks on longer windows: fewer calls, less repeated
+    # instruction, and a target that fits in one call is answered by one call.
     map_tokens: int | None = None
 
     # Ingestion.

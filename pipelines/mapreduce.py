@@ -35,6 +35,11 @@ MODES = ("qa", "summary")
 MAX_LEVELS = 6  # collapse levels before notes are cut to fit instead
 _SAFETY = 48  # tokens kept free: joining texts can tokenize a little differently
 _RETRY_RESERVE = 64  # the retry's extra turn (the error message, a cut-down echo)
+# Long-context models read pieces of this many tokens by default: far fewer calls than
+# one per chunk (bench/mapreduce_peers.py: 0.64x the tokens, 0.17x the wall time), while
+# staying well inside the part of a long window that models read reliably.
+LONG_WINDOW = 32_768
+LONG_MAP_TOKENS = 16_000
 
 
 # --- state -----------------------------------------------------------------------------
@@ -117,6 +122,8 @@ class MapReduce:
             from app.settings import get_settings
 
             map_tokens = get_settings().map_tokens
+        if map_tokens is None and lm.context_window >= LONG_WINDOW:
+            map_tokens = LONG_MAP_TOKENS
         self.map_tokens = map_tokens
         self.on_event = on_event
         self.mapped_count = 0

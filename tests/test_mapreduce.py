@@ -414,6 +414,18 @@ def test_a_target_that_fits_one_packed_call_is_answered_by_one_call(tmp_path: Pa
     assert len(result.provenance) < len(rows)
 
 
+def test_long_window_models_pack_by_default_and_small_ones_map_each_chunk(tmp_path: Path) -> None:
+    doc = ingest_story(tmp_path, FILLER)
+    n = len(chunk_rows(doc))
+    for window, calls in ((8192, n + 1), (mapreduce.LONG_WINDOW, 1)):
+        backend = ScriptedBackend(lambda r: record("part", 3) if kind(r) == "map"
+                                  else "A village with a river, a mill and a famous baker.",
+                                  context_window=window)
+        result = mapreduce.summarize(doc, lm=LM(backend, cache=False))
+        assert len(backend.requests) == calls, window
+        assert result.details["direct"] == (calls == 1)
+
+
 def test_packed_answers_cite_the_chunks_that_carry_them(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER + [PARIS] + FILLER)
 
