@@ -40,10 +40,9 @@ class Settings:
     request_timeout: float = 600.0
     cache: bool = True
 
-    # Pipelines. Text per map call. None: each chunk alone on models with windows under
-    # 32K tokens (chunk-level provenance, short prompts a small model can follow), and
-    # 16,000 tokens of consecutive chunks on longer windows: fewer calls, less repeated
-    # instruction, and a target that fits in one call is answered by one call.
+    # Pipelines. Tokens of text per map call. None: consecutive chunks up to what the
+    # window leaves (at most 16,000): fewer calls, less repeated instruction, and a
+    # target that fits one call is answered by one call. 0: each chunk alone.
     map_tokens: int | None = None
 
     # Ingestion.

@@ -1,9 +1,10 @@
 """tomes map-reduce side by side with what users would pick instead.
 
 Same document, same chunks, same backend for every system:
-  - tomes          pipelines.mapreduce (structured map records, one chunk per map call)
-  - tomes-packed   the same with --map-tokens filling the window (fewer, longer maps;
-                   a text that fits one call is answered by one call)
+  - tomes          pipelines.mapreduce as it runs by default: structured map records,
+                   consecutive chunks packed up to what the window leaves, and a text that
+                   fits one call answered by one call
+  - tomes-chunks   the same with --map-tokens 0: one map call per chunk
   - langgraph      the LangChain/LangGraph "summarize text through parallelization"
                    recipe: map with Send, collapse by token_max (1000, as in the recipe)
                    with split_list_of_docs/acollapse_docs, generate_final_summary
@@ -313,7 +314,7 @@ async def run_llamaindex(lm: Any, doc_id: int, chunks: list[str]) -> str:
 
 SYSTEMS: dict[str, Callable[..., Awaitable[str]]] = {
     "tomes": run_tomes,
-    "tomes-packed": lambda lm, d, c: run_tomes(lm, d, c, map_tokens=lm.context_window),
+    "tomes-chunks": lambda lm, d, c: run_tomes(lm, d, c, map_tokens=0),
     "langgraph": run_langgraph_recipe,
     "llamaindex": run_llamaindex,
 }

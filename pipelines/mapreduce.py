@@ -35,11 +35,11 @@ MODES = ("qa", "summary")
 MAX_LEVELS = 6  # collapse levels before notes are cut to fit instead
 _SAFETY = 48  # tokens kept free: joining texts can tokenize a little differently
 _RETRY_RESERVE = 64  # the retry's extra turn (the error message, a cut-down echo)
-# Long-context models read pieces of this many tokens by default: far fewer calls than
-# one per chunk (bench/mapreduce_peers.py: 0.64x the tokens, 0.17x the wall time), while
-# staying well inside the part of a long window that models read reliably.
-LONG_WINDOW = 32_768
-LONG_MAP_TOKENS = 16_000
+# By default a map call reads consecutive chunks up to the map budget, at most this many
+# tokens: far fewer calls than one per chunk (bench/mapreduce_peers.py, a whole book:
+# 0.64x the tokens, 0.17x the wall time; the 135M model's summaries also stay closer to
+# the text), while long windows are read only in pieces that models read reliably.
+AUTO_MAP_TOKENS = 16_000
 
 
 # --- state -----------------------------------------------------------------------------
@@ -115,15 +115,15 @@ class MapReduce:
         self.question = question.strip() if question else None
         self.length = length
         self.style = style
-        # Text per map call: None maps each chunk alone (fine-grained provenance, short
-        # prompts for small models); a number packs consecutive chunks up to it, which
-        # suits long-context models (fewer calls, less repeated instruction).
+        # Text per map call: None packs consecutive chunks up to the map budget (capped
+        # at AUTO_MAP_TOKENS), 0 maps each chunk alone (chunk-level records), a number
+        # packs up to that many tokens.
         if map_tokens is None:
             from app.settings import get_settings
 
             map_tokens = get_settings().map_tokens
-        if map_tokens is None and lm.context_window >= LONG_WINDOW:
-            map_tokens = LONG_MAP_TOKENS
+        if map_tokens is not None and map_tokens < 0:
+            raise TomesError(f"map_tokens is {map_tokens}", "use 0 (one chunk per map call) or more")
         self.map_tokens = map_tokens
         self.on_event = on_event
         self.mapped_count = 0
@@ -227,8 +227,9 @@ class MapReduce:
         chunks = self.env.chunks
         sizes = self._count_many([c.text for c in chunks])
         groups: list[list[ChunkRecord]] = []
-        if self.map_tokens:
-            limit, used = min(budget, self.map_tokens), 0
+        limit = min(budget, AUTO_MAP_TOKENS if self.map_tokens is None else self.map_tokens)
+        if self.map_tokens != 0:
+            used = 0
             for chunk, size in zip(chunks, sizes):
                 last = groups[-1][-1] if groups else None
                 if (last is None or last.document_id != chunk.document_id
@@ -246,17 +247,16 @@ class MapReduce:
             for part, (start, end) in enumerate(spans):
                 pieces.append(Piece(chunk_ids=[c.id for c in group], index=len(pieces),
                                     start=start, end=end, part=part, parts=len(spans)))
-        if self.map_tokens and len(groups) == 1 and len(pieces) == 1 and self._fits_direct(pieces[0]):
+        if self.map_tokens != 0 and len(pieces) == 1 and self._fits_direct(pieces[0], limit):
             return {"pieces": pieces, "direct": True}
         self.on_event(Event("map", 0, len(pieces), message="mapping chunks"))
         return {"pieces": pieces, "direct": False}
 
-    def _fits_direct(self, piece: Piece) -> bool:
-        """Packing asked for, and the whole target fits the map budget and one answer
-        prompt: reading it in one call beats a map and a reduce over one record."""
-        text = self._joined(piece["chunk_ids"])
-        n = self._tokens(text)
-        return n <= self.map_tokens and n <= self.direct_budget()  # type: ignore[operator]
+    def _fits_direct(self, piece: Piece, limit: int) -> bool:
+        """The whole target fits one map call and one answer prompt: reading it in one
+        call beats a map and a reduce over one record."""
+        n = self._tokens(self._joined(piece["chunk_ids"]))
+        return n <= limit and n <= self.direct_budget()
 
     def _joined(self, chunk_ids: list[int]) -> str:
         """The text of consecutive chunks, exactly as the document has it."""

@@ -104,7 +104,7 @@ def test_summary_maps_every_chunk_and_cites_real_chunks(tmp_path: Path) -> None:
     backend = ScriptedBackend(reply)
     lm = SpyLM(backend)
     events: list[Event] = []
-    result = mapreduce.summarize(doc, lm=lm, on_event=events.append, length="short")
+    result = mapreduce.summarize(doc, map_tokens=0, lm=lm, on_event=events.append, length="short")
 
     assert result.answer.startswith("Harwick is a quiet village")
     ids = {c.id for c in chunk_rows(doc)}
@@ -150,7 +150,7 @@ def test_maps_run_concurrently_up_to_the_backend_capacity(tmp_path: Path) -> Non
                 state["now"] -= 1
 
     backend = Counting(lambda r: record("part", 3), latency=0.05, capacity=3)
-    mapreduce.summarize(doc, lm=LM(backend, cache=False))
+    mapreduce.summarize(doc, map_tokens=0, lm=LM(backend, cache=False))
     assert state["peak"] == 3  # parallel, and never above capacity
 
 
@@ -158,7 +158,7 @@ def test_summary_options_reach_the_reduce_prompt(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER)
     backend = ScriptedBackend(lambda r: record("part", 3) if kind(r) == "map"
                               else "A long enough summary of the village for the test.")
-    mapreduce.summarize(doc, lm=LM(backend, cache=False), length="long", style="bullet points")
+    mapreduce.summarize(doc, map_tokens=0, lm=LM(backend, cache=False), length="long", style="bullet points")
     reduce = [r for r in backend.requests if kind(r) == "reduce"][0]
     assert "Style: bullet points" in text_of(reduce)
     assert reduce.max_tokens == P.LENGTHS["long"][1]
@@ -170,7 +170,7 @@ def test_repeated_sentences_are_dropped_from_the_summary(tmp_path: Path) -> None
     doc = ingest_story(tmp_path, FILLER)
     loop = "The village is quiet. The mill is old. The village is quiet. The village is quiet."
     backend = ScriptedBackend(lambda r: record("part", 3) if kind(r) == "map" else loop)
-    result = mapreduce.summarize(doc, lm=LM(backend, cache=False))
+    result = mapreduce.summarize(doc, map_tokens=0, lm=LM(backend, cache=False))
     assert result.answer == "The village is quiet. The mill is old."
 
 
@@ -199,7 +199,7 @@ def test_no_information_chunks_are_dropped_and_confidence_orders_notes(tmp_path:
     reduce_reply = json.dumps({"answer": "In Paris, under the old bridge.", "rationale": "note 1",
                                "confidence": 5, "notes": [1]})
     backend = ScriptedBackend(qa_reply(reduce_reply))
-    result = mapreduce.ask(doc, "Where is the treasure buried?", lm=LM(backend, cache=False))
+    result = mapreduce.ask(doc, "Where is the treasure buried?", map_tokens=0, lm=LM(backend, cache=False))
 
     reduce = [r for r in backend.requests if kind(r) == "reduce"]
     assert len(reduce) == 1
@@ -219,7 +219,7 @@ def test_conflicts_fall_to_the_most_confident_note_when_the_reduce_fails(tmp_pat
     doc = ingest_story(tmp_path, [PARIS] + FILLER + [LYON])
     paris = chunk_with(doc, "Paris under")
     backend = ScriptedBackend(qa_reply("the notes disagree, I cannot say"))
-    result = mapreduce.ask(doc, "Where is the treasure buried?", lm=LM(backend, cache=False))
+    result = mapreduce.ask(doc, "Where is the treasure buried?", map_tokens=0, lm=LM(backend, cache=False))
     assert result.answer == "Paris"
     assert [p.chunk_id for p in result.provenance] == [paris]
     # The reduce's unparseable reply was retried once with the parse error.
@@ -231,7 +231,7 @@ def test_reduce_citations_outside_the_notes_are_ignored(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER + [PARIS, LYON])
     reduce_reply = json.dumps({"answer": "Paris or Lyon", "rationale": "", "confidence": 3,
                                "notes": [7, 99, -1]})
-    result = mapreduce.ask(doc, "Where is the treasure?",
+    result = mapreduce.ask(doc, "Where is the treasure?", map_tokens=0,
                            lm=LM(ScriptedBackend(qa_reply(reduce_reply)), cache=False))
     ids = {c.id for c in chunk_rows(doc)}
     # No valid citation: the answer rests on the most confident notes, never on made-up ids.
@@ -242,7 +242,7 @@ def test_reduce_citations_outside_the_notes_are_ignored(tmp_path: Path) -> None:
 def test_no_information_anywhere_skips_the_reduce(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER)
     backend = ScriptedBackend(qa_reply())
-    result = mapreduce.ask(doc, "Where is the treasure?", lm=LM(backend, cache=False))
+    result = mapreduce.ask(doc, "Where is the treasure?", map_tokens=0, lm=LM(backend, cache=False))
     assert "no information" in result.answer.lower()
     assert result.provenance == []
     assert all(kind(r) == "map" for r in backend.requests)
@@ -252,7 +252,7 @@ def test_copied_example_answers_count_as_no_information(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER)
     # The 135M model copies the calibration example; Dunmere is not in the text.
     backend = ScriptedBackend(lambda r: record("Dunmere", 5) if kind(r) == "map" else "{}")
-    result = mapreduce.ask(doc, "Where is the treasure?", lm=LM(backend, cache=False))
+    result = mapreduce.ask(doc, "Where is the treasure?", map_tokens=0, lm=LM(backend, cache=False))
     assert result.details["dropped"] == len(chunk_rows(doc))
     assert "Dunmere" not in result.answer
 
@@ -281,7 +281,7 @@ def test_malformed_json_is_retried_then_falls_back_to_the_text(tmp_path: Path) -
         return record(P.NO_INFO, 1, "")
 
     backend = ScriptedBackend(reply, supports_json_schema=False)
-    result = mapreduce.ask(doc, "Where is the treasure?", lm=LM(backend, cache=False))
+    result = mapreduce.ask(doc, "Where is the treasure?", map_tokens=0, lm=LM(backend, cache=False))
 
     assert result.details["parsed"] == {"json": len(texts) - 2, "retry": 1, "fallback": 1}
     retries = [r for r in backend.requests if kind(r) == "map" and len(r.messages) > 2]
@@ -301,7 +301,7 @@ def test_a_backend_failure_fails_the_run_with_a_clear_error(tmp_path: Path) -> N
     doc = ingest_story(tmp_path, FILLER)
     backend = ScriptedBackend([BackendError("server unreachable at http://x; start it")])
     with pytest.raises(TomesError, match="tomes resume") as err:
-        mapreduce.summarize(doc, lm=LM(backend, cache=False), run_id="failing-run")
+        mapreduce.summarize(doc, map_tokens=0, lm=LM(backend, cache=False), run_id="failing-run")
     assert "server unreachable" in str(err.value)
     with session_scope() as s:
         run = s.get(Run, "failing-run")
@@ -329,7 +329,7 @@ def test_collapse_runs_when_notes_exceed_the_reduce_budget(tmp_path: Path) -> No
     backend = ScriptedBackend(reply, context_window=1400)
     lm = SpyLM(backend)
     events: list[Event] = []
-    result = mapreduce.summarize(doc, lm=lm, on_event=events.append)
+    result = mapreduce.summarize(doc, map_tokens=0, lm=lm, on_event=events.append)
 
     collapses = [r for r in backend.requests if kind(r) == "collapse"]
     assert collapses, "the notes exceed the reduce budget, so they must be collapsed"
@@ -359,7 +359,7 @@ def test_oversized_records_and_chunks_are_cut_to_fit(tmp_path: Path) -> None:
 
     backend.replies = reply
     lm = LM(backend, cache=False)
-    result = mapreduce.summarize(doc, lm=lm, length="short")
+    result = mapreduce.summarize(doc, map_tokens=0, lm=lm, length="short")
     assert all(fits_window(r, lm) for r in backend.requests)
     maps = [r for r in backend.requests if kind(r) == "map" and len(r.messages) == 2]
     assert len(maps) > len(chunk_rows(doc))  # split into parts
@@ -414,16 +414,17 @@ def test_a_target_that_fits_one_packed_call_is_answered_by_one_call(tmp_path: Pa
     assert len(result.provenance) < len(rows)
 
 
-def test_long_window_models_pack_by_default_and_small_ones_map_each_chunk(tmp_path: Path) -> None:
+def test_by_default_a_target_that_fits_is_one_call_and_zero_maps_each_chunk(tmp_path: Path) -> None:
     doc = ingest_story(tmp_path, FILLER)
     n = len(chunk_rows(doc))
-    for window, calls in ((8192, n + 1), (mapreduce.LONG_WINDOW, 1)):
+    for map_tokens, calls in ((None, 1), (0, n + 1)):
         backend = ScriptedBackend(lambda r: record("part", 3) if kind(r) == "map"
-                                  else "A village with a river, a mill and a famous baker.",
-                                  context_window=window)
-        result = mapreduce.summarize(doc, lm=LM(backend, cache=False))
-        assert len(backend.requests) == calls, window
+                                  else "A village with a river, a mill and a famous baker.")
+        result = mapreduce.summarize(doc, lm=LM(backend, cache=False), map_tokens=map_tokens)
+        assert len(backend.requests) == calls, map_tokens
         assert result.details["direct"] == (calls == 1)
+    with pytest.raises(TomesError, match="map_tokens"):
+        mapreduce.summarize(doc, lm=LM(backend, cache=False), map_tokens=-1)
 
 
 def test_packed_answers_cite_the_chunks_that_carry_them(tmp_path: Path) -> None:
@@ -495,7 +496,8 @@ def test_cli_summarize_ask_runs(tmp_path: Path) -> None:
     data = json.loads(out.stdout)
     assert data["run_id"] and data["provenance"] and data["calls"] >= 1
     assert data["tokens"] == data["prompt_tokens"] + data["completion_tokens"]
-    out = runner.invoke(app, ["ask", "harwick.txt", "Where is the mill?", "--backend", "scripted"])
+    out = runner.invoke(app, ["ask", "harwick.txt", "Where is the mill?", "--backend", "scripted",
+                              "--map-tokens", "0"])
     assert out.exit_code == 0, out.output
     assert "rests on" in out.stdout and "model calls" in out.stdout
     out = runner.invoke(app, ["runs", "--json"])

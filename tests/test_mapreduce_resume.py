@@ -37,7 +37,8 @@ CHILD = textwrap.dedent("""
             print("mapped", e.data["chunk_id"], flush=True)
 
     lm = LM(ScriptedBackend(reply, latency=1.5, capacity=2), cache=False)
-    mapreduce.summarize(int(sys.argv[1]), lm=lm, run_id=sys.argv[2], on_event=on_event)
+    mapreduce.summarize(int(sys.argv[1]), lm=lm, run_id=sys.argv[2], on_event=on_event,
+                        map_tokens=0)
     print("finished", flush=True)
 """)
 

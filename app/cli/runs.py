@@ -15,9 +15,10 @@ from app.cli._output import console, print_json, progress
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 BackendOpt = typer.Option(None, "--backend", "-b", help="Serving backend (default: settings).")
 MapTokensOpt = typer.Option(
-    None, "--map-tokens", min=1,
-    help="Pack consecutive chunks into map calls of up to N tokens; a target that fits is "
-    "answered in one call (default: TOMES_MAP_TOKENS, else one chunk per call).",
+    None, "--map-tokens", min=0,
+    help="Tokens of consecutive chunks per map call; 0: one chunk per call (default: "
+    "TOMES_MAP_TOKENS, else what the window leaves, up to 16,000). A target that fits "
+    "one call is answered by one call.",
 )
 
 
