@@ -14,6 +14,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOMES_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def _has_gpu() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need a CUDA GPU and vLLM; elsewhere they are reported as skipped with
+    what they need, never run against a fake."""
+    if not any(item.get_closest_marker("gpu") for item in items) or _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and vLLM: pip install -e '.[gpu]'")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Costly derived artefacts (a converted tokenizer) are built once per test session."""
