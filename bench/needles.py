@@ -61,3 +61,29 @@ def plant(text: str, needles: list[str], rng: random.Random) -> str:
     for spot, needle in zip(spots, needles):
         text = text[:spot] + "\n\n" + needle + text[spot:]
     return text
+
+
+# Ten more whose questions share no rare word with the fact: only meaning links them,
+# so keyword search has little to go on and dense retrieval has to carry the hybrid.
+PARAPHRASES = [
+    ("The harbour pilot refused every bribe, saying his grandmother would haunt him if he lied to the tide.",
+     "Which sailor turned down payments because he feared a ghost of his family?"),
+    ("A widow in the valley kept forty beehives and paid her rent each autumn entirely in honey.",
+     "How did the woman whose husband died settle what she owed her landlord?"),
+    ("The regiment's drummer boy learned to read from the labels on crates of gunpowder.",
+     "Where did the young military musician pick up his literacy?"),
+    ("The innkeeper chalked the debts of every guest on the back of the cellar door.",
+     "Where did the owner of the lodging house keep his record of what customers owed?"),
+    ("Every spring the shepherds burned juniper on the hillside to drive off fever.",
+     "What did the people who tended flocks set alight each year to keep sickness away?"),
+    ("The lighthouse keeper's daughter rowed out alone in the gale and saved eleven fishermen.",
+     "Who rescued the crew of the fishing boats during the storm?"),
+    ("A traveling dentist pulled teeth in the market square while a fiddler played to drown the screams.",
+     "Why was there music while the itinerant tooth-puller worked in public?"),
+    ("The old schoolmaster planted an oak for every pupil who left the village to study at a university.",
+     "What did the teacher do to honour children who went on to higher education?"),
+    ("The mayor's horse was shod with silver on the day the new bridge opened.",
+     "What precious metal went on the town leader's mount for the ceremony?"),
+    ("Smugglers hid brandy in hollowed loaves of bread carried openly past the customs house.",
+     "How was contraband spirit concealed from the excise officers?"),
+]
