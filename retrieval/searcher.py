@@ -17,7 +17,7 @@ from app.settings import get_settings
 from retrieval import store_state
 from retrieval.embedders import get_embedder
 from retrieval.files import corpus_dir, file_signature, write_lock
-from retrieval.fusion import rrf
+from retrieval.fusion import relative_score
 from retrieval.sync import (
     DENSE_FILE, KEYWORD_FILE, cached_dense, cached_keyword, in_step, require_corpus, sync_locked,
 )
@@ -33,7 +33,7 @@ class Hit:
     start: int  # document.text[start:end] == text
     end: int
     page: int | None
-    score: float  # cosine (dense), BM25 (keyword) or fused RRF (hybrid)
+    score: float  # cosine (dense), BM25 (keyword) or fused relative score 0..1 (hybrid)
     text: str
     heading: str | None = None
     ordinal: int = 0
@@ -85,7 +85,7 @@ def search(corpus: str, query: str, k: int = 10, *, mode: str = "hybrid",
     elif mode == "keyword":
         ranked = keyword_hits[:k]
     else:
-        ranked = rrf([[c for c, _ in dense_hits], [c for c, _ in keyword_hits]])[:k]
+        ranked = relative_score([dense_hits, keyword_hits])[:k]
     rows = store_state.hit_rows([int(c) for c, _ in ranked])
     return [
         Hit(**rows[c], score=float(score), dense_rank=dense_rank.get(c),

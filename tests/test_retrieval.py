@@ -19,7 +19,7 @@ from app.errors import NotFound, TomesError
 from app.store import Chunk, Corpus, Document, session_scope
 from retrieval import embedders, files
 from retrieval.embedders import HashEmbedder, get_embedder, register_embedder
-from retrieval.fusion import rrf
+from retrieval.fusion import relative_score
 from retrieval.sync import DENSE_FILE, KEYWORD_FILE, _cache
 from retrieval.dense import DenseIndex
 
@@ -259,8 +259,14 @@ def test_each_mode_finds_the_topic(corpus, mode):
 def test_hybrid_carries_both_ranks_and_fuses_them(corpus):
     hits = retrieval.search("lib", "satellite orbit thrusters", k=5, mode="hybrid")
     assert hits[0].dense_rank is not None and hits[0].keyword_rank is not None
-    top = hits[0]
-    assert top.score == pytest.approx(1 / (60 + top.dense_rank) + 1 / (60 + top.keyword_rank))
+    assert all(0.0 <= h.score <= 1.0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    dense = retrieval.search("lib", "satellite orbit thrusters", k=50, mode="dense")
+    keyword = retrieval.search("lib", "satellite orbit thrusters", k=50, mode="keyword")
+    expected = dict(relative_score([[(h.chunk_id, h.score) for h in dense],
+                                    [(h.chunk_id, h.score) for h in keyword]]))
+    for h in hits:
+        assert h.score == pytest.approx(expected[h.chunk_id])
 
 
 def test_document_filter_restricts_every_mode(corpus):
@@ -289,10 +295,18 @@ def test_keyword_search_ignores_stop_words_and_stems(corpus):
     assert hits and all("sacrificed the bishop" in h.text for h in hits)
 
 
-def test_rrf_prefers_items_ranked_well_in_both_lists():
-    fused = dict(rrf([["a", "b", "c"], ["c", "b", "d"]]))
-    assert fused["b"] > fused["a"] and fused["b"] > fused["d"]
-    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+def test_fusion_scales_each_list_and_keeps_a_confident_first_place():
+    dense = [("a", 0.62), ("m", 0.50), ("x", 0.35)]
+    keyword = [("n", 14.0), ("m", 6.0), ("y", 1.0)]
+    fused = dict(relative_score([dense, keyword]))
+    assert fused["n"] == fused["a"] == pytest.approx(0.5)  # each list's first place
+    assert fused["m"] == pytest.approx((0.15 / 0.27 + 5 / 13) / 2)
+    # m is middling in both lists; rank fusion (k=60) would put it above n
+    # (2/62 > 1/61), though keyword search is far surer of n.
+    assert fused["n"] > fused["m"]
+    assert fused["x"] == 0.0 and fused["y"] == 0.0
+    assert relative_score([[("only", 2.0)], []]) == [("only", 0.5)]
+    assert relative_score([[], []]) == []
 
 
 def test_search_while_another_writer_holds_the_lock_neither_blocks_nor_lies(corpus):
