@@ -59,6 +59,7 @@ class Settings:
     # query; IVF with nprobe 32 ~1.5 ms at recall@10 0.95 (synthetic) to 1.0 (real).
     ann_threshold: int = 100_000
     ann_nprobe: int = 32  # IVF lists probed per query: recall against speed
+    fusion: str = "rrf"  # hybrid search: rrf (reciprocal rank) | score (relative score)
 
     @property
     def db_path(self) -> Path:
@@ -96,6 +97,7 @@ _ENV: dict[str, type] = {
     "embed_batch_size": int,
     "ann_threshold": int,
     "ann_nprobe": int,
+    "fusion": str,
 }
 
 

@@ -1,23 +1,38 @@
-"""Fusing the dense and keyword rankings of a hybrid search.
+"""Fusing the dense and keyword rankings of a hybrid search (``TOMES_FUSION``).
 
-Relative-score fusion: each list's scores are scaled to 0..1 by its own best and worst
-(the candidates' scores, so the scales of cosine and BM25 never meet), and an item's
-fused score is the mean over the lists, 0 where a list lacks it. Equal weights: nothing
-is tuned to the benchmark.
+``rrf`` (the default), reciprocal rank fusion (Cormack, Clarke, Büttcher 2009): each
+ranking contributes 1 / (k + rank) per item, so items near the top of several rankings
+win and no score scales need to be comparable.
 
-Measured against reciprocal rank fusion (k=60) on facts planted in three corpora of
-four novels each (the needles of bench/needles.py): top-5 hit rate 0.90-1.00 where RRF
-had 0.80-0.90, no loss on pure paraphrases. RRF lets an item that both lists rank
-middling beat one list's confident first place, and a fact named in the question is
-exactly such a first place.
+``score``, relative-score fusion: each list's scores are scaled to 0..1 by its own best
+and worst candidate (so the scales of cosine and BM25 never meet) and averaged, 0 where
+a list lacks the item; equal weights, nothing tuned. Where one list is sure of its first
+place and the other lacks it, as when a question names the fact it asks about, RRF lets
+an item both lists rank middling win instead. On facts planted in three corpora of
+four novels (bench/retrieval.py) its top-5 hit rate was 0.90-1.00 where RRF had
+0.80-0.90, with no loss on pure paraphrases; RRF stays the default until a held-out
+needle set confirms it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+
+RRF_K = 60  # the constant from the paper; damps the weight of the very first ranks
+
+Scored = Sequence[tuple[Hashable, float]]
 
 
-def _scaled(hits: Sequence[tuple[Hashable, float]]) -> dict[Hashable, float]:
+def rrf(rankings: Sequence[Sequence[Hashable]], k: int = RRF_K) -> list[tuple[Hashable, float]]:
+    scores: dict[Hashable, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    # Ties keep first-seen order (the first ranking's order), so results are stable.
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def _scaled(hits: Scored) -> dict[Hashable, float]:
     if not hits:
         return {}
     scores = [s for _, s in hits]
@@ -27,7 +42,7 @@ def _scaled(hits: Sequence[tuple[Hashable, float]]) -> dict[Hashable, float]:
     return {item: (s - lo) / (hi - lo) for item, s in hits}
 
 
-def relative_score(lists: Sequence[Sequence[tuple[Hashable, float]]]) -> list[tuple[Hashable, float]]:
+def relative_score(lists: Sequence[Scored]) -> list[tuple[Hashable, float]]:
     """(item, fused score in 0..1), best first; ties keep first-seen order."""
     scaled = [_scaled(hits) for hits in lists]
     fused: dict[Hashable, float] = {}
@@ -37,3 +52,9 @@ def relative_score(lists: Sequence[Sequence[tuple[Hashable, float]]]) -> list[tu
     for item in fused:
         fused[item] = sum(one.get(item, 0.0) for one in scaled) / len(scaled)
     return sorted(fused.items(), key=lambda kv: -kv[1])
+
+
+FUSIONS: dict[str, Callable[[Sequence[Scored]], list[tuple[Hashable, float]]]] = {
+    "rrf": lambda lists: rrf([[item for item, _ in hits] for hits in lists]),
+    "score": relative_score,
+}

@@ -1,5 +1,5 @@
 """Search a corpus: dense (embeddings), keyword (BM25) or hybrid (both, fused by
-reciprocal rank). Before answering, the indexes are checked against the store and
+reciprocal rank or by relative score: retrieval/fusion.py). Before answering, the indexes are checked against the store and
 repaired if they disagree; if another process is writing them right now, the search
 uses them as they are and drops any hit whose chunk is gone."""
 
@@ -17,7 +17,7 @@ from app.settings import get_settings
 from retrieval import store_state
 from retrieval.embedders import get_embedder
 from retrieval.files import corpus_dir, file_signature, write_lock
-from retrieval.fusion import relative_score
+from retrieval.fusion import FUSIONS
 from retrieval.sync import (
     DENSE_FILE, KEYWORD_FILE, cached_dense, cached_keyword, in_step, require_corpus, sync_locked,
 )
@@ -33,7 +33,7 @@ class Hit:
     start: int  # document.text[start:end] == text
     end: int
     page: int | None
-    score: float  # cosine (dense), BM25 (keyword) or fused relative score 0..1 (hybrid)
+    score: float  # cosine (dense), BM25 (keyword) or the fused score (hybrid)
     text: str
     heading: str | None = None
     ordinal: int = 0
@@ -50,6 +50,9 @@ def search(corpus: str, query: str, k: int = 10, *, mode: str = "hybrid",
     restricts them to one document. ``on_event`` reports any repair embedding."""
     if mode not in MODES:
         raise TomesError(f"unknown search mode {mode!r}", f"use one of: {', '.join(MODES)}")
+    fusion = get_settings().fusion
+    if mode == "hybrid" and fusion not in FUSIONS:
+        raise TomesError(f"unknown fusion {fusion!r} (TOMES_FUSION)", f"use one of: {', '.join(FUSIONS)}")
     cid = require_corpus(corpus)
     allowed = None
     if document_id is not None:
@@ -85,7 +88,7 @@ def search(corpus: str, query: str, k: int = 10, *, mode: str = "hybrid",
     elif mode == "keyword":
         ranked = keyword_hits[:k]
     else:
-        ranked = relative_score([dense_hits, keyword_hits])[:k]
+        ranked = FUSIONS[fusion]([dense_hits, keyword_hits])[:k]
     rows = store_state.hit_rows([int(c) for c, _ in ranked])
     return [
         Hit(**rows[c], score=float(score), dense_rank=dense_rank.get(c),

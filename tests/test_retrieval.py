@@ -19,7 +19,7 @@ from app.errors import NotFound, TomesError
 from app.store import Chunk, Corpus, Document, session_scope
 from retrieval import embedders, files
 from retrieval.embedders import HashEmbedder, get_embedder, register_embedder
-from retrieval.fusion import relative_score
+from retrieval.fusion import relative_score, rrf
 from retrieval.sync import DENSE_FILE, KEYWORD_FILE, _cache
 from retrieval.dense import DenseIndex
 
@@ -259,14 +259,23 @@ def test_each_mode_finds_the_topic(corpus, mode):
 def test_hybrid_carries_both_ranks_and_fuses_them(corpus):
     hits = retrieval.search("lib", "satellite orbit thrusters", k=5, mode="hybrid")
     assert hits[0].dense_rank is not None and hits[0].keyword_rank is not None
+    top = hits[0]
+    assert top.score == pytest.approx(1 / (60 + top.dense_rank) + 1 / (60 + top.keyword_rank))
+
+
+def test_relative_score_fusion_is_chosen_by_the_settings(corpus):
+    query = "satellite orbit thrusters"
+    with settings.override(fusion="score"):
+        hits = retrieval.search("lib", query, k=5, mode="hybrid")
     assert all(0.0 <= h.score <= 1.0 for h in hits)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    dense = retrieval.search("lib", "satellite orbit thrusters", k=50, mode="dense")
-    keyword = retrieval.search("lib", "satellite orbit thrusters", k=50, mode="keyword")
-    expected = dict(relative_score([[(h.chunk_id, h.score) for h in dense],
-                                    [(h.chunk_id, h.score) for h in keyword]]))
-    for h in hits:
-        assert h.score == pytest.approx(expected[h.chunk_id])
+    dense = retrieval.search("lib", query, k=50, mode="dense")
+    keyword = retrieval.search("lib", query, k=50, mode="keyword")
+    expected = relative_score([[(h.chunk_id, h.score) for h in dense],
+                               [(h.chunk_id, h.score) for h in keyword]])[:5]
+    assert [h.chunk_id for h in hits] == [c for c, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected])
+    with settings.override(fusion="vibes"), pytest.raises(TomesError, match="fusion"):
+        retrieval.search("lib", query, mode="hybrid")
 
 
 def test_document_filter_restricts_every_mode(corpus):
@@ -293,6 +302,12 @@ def test_keyword_search_ignores_stop_words_and_stems(corpus):
     assert retrieval.search("lib", "the of and", mode="keyword") == []
     hits = retrieval.search("lib", "sacrificing bishops", k=3, mode="keyword")
     assert hits and all("sacrificed the bishop" in h.text for h in hits)
+
+
+def test_rrf_prefers_items_ranked_well_in_both_lists():
+    fused = dict(rrf([["a", "b", "c"], ["c", "b", "d"]]))
+    assert fused["b"] > fused["a"] and fused["b"] > fused["d"]
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
 
 
 def test_fusion_scales_each_list_and_keeps_a_confident_first_place():

@@ -17,11 +17,13 @@ def search_cmd(
     k: int = typer.Option(10, "-k", "--top", min=1, help="How many chunks to return."),
     mode: str = typer.Option("hybrid", "--mode", "-m", help="dense | keyword | hybrid."),
     document: str = typer.Option(None, "--doc", "-d", help="Only this document (id, title or file name)."),
+    fusion: str = typer.Option(None, "--fusion", help="Hybrid fusion: rrf | score (default: TOMES_FUSION, else rrf)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Ranked chunks for a query, with document, span and score."""
     with progress(not as_json) as on_event:
-        hits = Tomes().search(corpus, query, k, mode, document=document, on_event=on_event)
+        hits = Tomes(fusion=fusion).search(corpus, query, k, mode, document=document,
+                                           on_event=on_event)
     if as_json:
         print_json([h.to_dict() for h in hits])
         return
