@@ -87,3 +87,51 @@ PARAPHRASES = [
     ("Smugglers hid brandy in hollowed loaves of bread carried openly past the customs house.",
      "How was contraband spirit concealed from the excise officers?"),
 ]
+
+
+# Held out: written after the fusion methods were compared on the sets above, and used
+# once to choose between them (planted in four other books, top-5 hit rate, names /
+# paraphrases: dense 0.90/0.10, keyword 1.00/0.10, RRF 1.00/0.10, relative score
+# 1.00/0.10 -- a tie, so RRF stayed the default). Half keep names, half are paraphrases.
+HELD_OUT = [
+    ("The cartographer Silas Penhallow drew the coast of Tintagel with ink made from cuttlefish.",
+     "What did Penhallow make the ink for his Tintagel map from?"),
+    ("Mrs Agatha Quill bred a blue-eyed spaniel named Pepperpot that won the Bath dog show twice.",
+     "How many times did Agatha Quill's dog Pepperpot win at Bath?"),
+    ("The abbey of Glenmorran brewed a dark ale flavoured with heather and bog myrtle.",
+     "Which plants flavoured the ale of the Glenmorran monks?"),
+    ("Sergeant Dunstan Pike arrested a highwayman in Hounslow while wearing his nightshirt.",
+     "What was Sergeant Pike dressed in when he caught the Hounslow robber?"),
+    ("The glassblower of Murano Street made a chandelier with three hundred crystal swallows.",
+     "How many glass birds hung from the chandelier of the Murano Street glassblower?"),
+    ("Professor Lavinia Stroud kept her lecture notes in a biscuit tin painted with violets.",
+     "What container held Professor Stroud's notes?"),
+    ("The Wexford regatta of 1802 was won by a rowing crew of seven sisters named Doyle.",
+     "Who took first place at the Wexford boat race in 1802?"),
+    ("Old Jasper Moss carved every gravestone in Ashcombe churchyard for forty years.",
+     "Which craftsman made the headstones in the Ashcombe burial ground?"),
+    ("The Duchess of Morland fed her peacocks candied almonds from a silver dish.",
+     "What treat did the Duchess of Morland give her peacocks?"),
+    ("Captain Theodore Finch navigated to Madeira using only a pocket watch and a sextant.",
+     "Which instruments did Captain Finch rely on to reach Madeira?"),
+    ("A shepherd found a Roman coin hoard when his dog chased a rabbit into a collapsed wall.",
+     "How was the buried treasure of ancient money discovered?"),
+    ("The seamstress sewed a map of the escape route into the lining of the soldier's coat.",
+     "Where were the directions for fleeing hidden?"),
+    ("Every evening the blind organist played hymns for the sailors' widows by candlelight.",
+     "Who performed sacred music for women who had lost husbands at sea?"),
+    ("The orphanage paid its coal bills by selling the lace the girls made each winter.",
+     "How did the children's home afford fuel for heating?"),
+    ("The apothecary's parrot warned customers away from the poisons shelf in Latin.",
+     "What did the chemist's talking bird do to protect buyers?"),
+    ("Wolves followed the mail coach across the moor until the guard fired his blunderbuss.",
+     "What drove off the animals pursuing the post carriage?"),
+    ("The miller's wife baked her wedding ring into a loaf by accident and found it a year later.",
+     "How did the woman at the flour mill lose her marriage band?"),
+    ("At the fair a conjurer made a goose vanish from a basket and reappear on the vicar's hat.",
+     "Where did the magician's bird turn up after it disappeared?"),
+    ("The bell ringers of the cathedral practised in silence by tying cloth around the clappers.",
+     "How did the church's ringers rehearse without making noise?"),
+    ("A fisherman's boy swam the estuary at night to fetch the doctor for his sick mother.",
+     "How did the child get medical help for his parent?"),
+]
