@@ -503,6 +503,11 @@ def test_cli_summarize_ask_runs(tmp_path: Path) -> None:
     out = runner.invoke(app, ["runs", "--json"])
     runs = json.loads(out.stdout)
     assert len(runs) == 2 and {r["status"] for r in runs} == {"done"}
+    long = "Which of the mills, bridges and bakeries of the village " * 4 + "is the oldest?"
+    assert runner.invoke(app, ["ask", "harwick.txt", long]).exit_code == 0
+    out = runner.invoke(app, ["runs"])  # the table keeps every column beside long text
+    assert out.exit_code == 0 and all(r["id"] in out.stdout for r in runs)
+    assert out.stdout.count("done") == 3 and out.stdout.count("mapreduce") == 3
     out = runner.invoke(app, ["ask", "harwick.txt", "q?", "--strategy", "rlm"])
     assert out.exit_code != 0
 
