@@ -22,6 +22,7 @@ from app.ingest.service import IngestReport, ingest
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
 from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
+from pipelines.targets import resolve_document
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +77,7 @@ class Tomes:
     @_scoped
     def document(self, ref: str | int, *, with_chunks: bool = True) -> dict[str, Any]:
         with session_scope() as s:
-            doc = _resolve_document(s, ref)
+            doc = resolve_document(s, ref)
             info = _doc_info(doc, doc.corpus.name, len(doc.chunks), sum(c.n_tokens for c in doc.chunks))
             info["meta"] = doc.meta
             if with_chunks:
@@ -90,7 +91,7 @@ class Tomes:
     @_scoped
     def remove(self, ref: str | int) -> dict[str, Any]:
         with session_scope() as s:
-            doc = _resolve_document(s, ref)
+            doc = resolve_document(s, ref)
             # Count rather than load the chunks: loaded ones would be deleted twice
             # (bulk below and by the ORM cascade), which SQLAlchemy warns about.
             n = s.scalar(select(func.count(Chunk.id)).where(Chunk.document_id == doc.id)) or 0
@@ -122,7 +123,7 @@ class Tomes:
         document_id = None
         if document is not None:
             with session_scope() as s:
-                document_id = _resolve_document(s, document).id
+                document_id = resolve_document(s, document).id
         return retrieval.search(corpus, query, k, mode=mode, document_id=document_id,
                                 on_event=on_event)
 
@@ -294,10 +295,3 @@ def _run_info(run: Run) -> dict[str, Any]:
         "created_at": run.created_at.isoformat(timespec="seconds"),
     }
 
-
-def _resolve_document(session, ref: str | int) -> Document:
-    """A document by id, or by a title or file name that matches exactly one."""
-    # One resolver for the API and the pipelines' Environment (pipelines/targets.py).
-    from pipelines.targets import resolve_document
-
-    return resolve_document(session, ref)

@@ -139,10 +139,7 @@ class MapReduce:
         """Prompt tokens as the LM will send them (schema note and template included)."""
         if schema is not None and not self._json:
             messages = with_schema_instruction(messages, schema)
-        count_messages = getattr(self.lm, "count_messages", None)
-        if count_messages is not None:
-            return count_messages(messages)
-        return sum(self._tokens(m["content"]) for m in messages) + 8 * len(messages) + 24
+        return self.lm.count_messages(messages)
 
     def _room(self, system: str, skeleton: str, max_tokens: int,
               schema: dict[str, Any] | None) -> int:
@@ -225,10 +222,10 @@ class MapReduce:
     def plan(self, state: State) -> dict[str, Any]:
         budget = self.map_budget()
         chunks = self.env.chunks
-        sizes = self._count_many([c.text for c in chunks])
         groups: list[list[ChunkRecord]] = []
         limit = min(budget, AUTO_MAP_TOKENS if self.map_tokens is None else self.map_tokens)
         if self.map_tokens != 0:
+            sizes = self.lm.tokenizer.count_many([c.text for c in chunks])
             used = 0
             for chunk, size in zip(chunks, sizes):
                 last = groups[-1][-1] if groups else None
@@ -266,10 +263,6 @@ class MapReduce:
         offset = self.env.document(first.document_id).offset
         return self.env.text[offset + first.start:offset + last.end]
 
-    def _count_many(self, texts: list[str]) -> list[int]:
-        count_many = getattr(self.lm.backend.tokenizer(), "count_many", None)
-        return list(count_many(texts)) if count_many else [self._tokens(t) for t in texts]
-
     def fan_out(self, state: State) -> list[Any]:
         from langgraph.types import Send
 
@@ -289,8 +282,8 @@ class MapReduce:
                 schema=P.DIRECT_SCHEMA, max_tokens=self._reduce_max, usage=usage,
             )
             answer = text_field((obj or {}).get("answer")) if obj else text_field(raw, 1500)
-            if not answer or R.is_no_info(answer) or answer.lower() in P.EXAMPLE_VALUES:
-                answer, cited = "The text has no information about this question.", []
+            if not _usable(answer):
+                answer, cited = NO_ANSWER, []
             else:
                 why = text_field((obj or {}).get("rationale"))
                 cited = R.supporting_chunks(self.env, ids, f"{answer} {why}")
@@ -370,8 +363,7 @@ class MapReduce:
         self.on_event(Event("reduce", 0, 1, message="answering"))
         usage: Usage = {}
         if not notes:
-            answer = ("The text has no information about this question."
-                      if self.mode == "qa" else "The text has no content to summarize.")
+            answer = NO_ANSWER if self.mode == "qa" else "The text has no content to summarize."
             self.on_event(Event("reduce", 1, 1, message="nothing to reduce"))
             return {"answer": answer, "cited": [], "usage": usage}
         budget = self.reduce_budget()
@@ -390,7 +382,7 @@ class MapReduce:
         )
         best = max(notes, key=lambda n: (n["confidence"], -n["position"]))
         answer = text_field((obj or {}).get("answer"))
-        if not answer or R.is_no_info(answer) or answer.lower() in P.EXAMPLE_VALUES:
+        if not _usable(answer):
             # The reduce said nothing usable: the most confident note answers.
             return best["answer"] or best["extracted"], list(best["chunk_ids"])
         cited: list[int] = []
@@ -467,6 +459,14 @@ class MapReduce:
         builder.add_edge("reduce", END)
         builder.add_edge("direct", END)
         return builder
+
+
+NO_ANSWER = "The text has no information about this question."
+
+
+def _usable(answer: str) -> bool:
+    """An answer worth returning: not empty, not NO INFORMATION, not the prompt's example."""
+    return bool(answer) and not R.is_no_info(answer) and answer.lower() not in P.EXAMPLE_VALUES
 
 
 # --- running ---------------------------------------------------------------------------

@@ -145,10 +145,8 @@ class LM:
 
     async def _check_fits(self, messages: list[dict[str, str]], max_tokens: int) -> int:
         window = self.context_window
-        tokenizer = self.backend.tokenizer()
-        counts = tokenizer.count_many([m.get("content", "") for m in messages])
-        prompt_tokens = sum(counts) + self.backend.prompt_overhead(messages)
-        if getattr(tokenizer, "approximate", False) and prompt_tokens + max_tokens > _EXACT_COUNT_ABOVE * window:
+        prompt_tokens = self.count_messages(messages)
+        if getattr(self.backend.tokenizer(), "approximate", False) and prompt_tokens + max_tokens > _EXACT_COUNT_ABOVE * window:
             exact = await self.backend.acount_prompt(messages)
             if exact is not None:
                 prompt_tokens = exact
