@@ -282,7 +282,7 @@ class Tomes:
 def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> dict[str, Any]:
     return {
         "id": doc.id, "title": doc.title, "corpus": corpus, "format": doc.format,
-        "source": doc.source, "chars": len(doc.text), "chunks": n_chunks, "tokens": tokens,
+        "source": doc.source, "chars": doc.n_chars, "chunks": n_chunks, "tokens": tokens,
         "pages": len(doc.page_starts) if doc.page_starts else None,
         "created_at": doc.created_at.isoformat(timespec="seconds"),
     }

@@ -40,6 +40,7 @@ def test_upgrade_from_the_first_revision_keeps_user_data(tmp_path):
     with session_scope(upgraded) as s:
         doc = s.scalar(select(Document))
         assert doc.title == "Old"
+        assert doc.n_chars == len("Hello world")  # 0002 measured the old row
         assert [c.text for c in doc.chunks] == ["Hello"]
     head = ScriptDirectory.from_config(cfg).get_current_head()
     with upgraded.connect() as conn:

@@ -118,6 +118,7 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
             source=str(path.resolve()),
             format=result.format,
             text=result.text,
+            n_chars=len(result.text),
             content_hash=digest,
             meta=result.meta,
             page_starts=result.page_starts,

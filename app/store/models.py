@@ -42,6 +42,8 @@ class Document(Base):
     # The text pipelines read: boilerplate (licence headers, page furniture) is removed
     # and kept in meta["boilerplate"] instead.
     text: Mapped[str] = mapped_column(Text)
+    # len(text), stored so listings need not load every book's text to measure it.
+    n_chars: Mapped[int] = mapped_column(default=0)
     content_hash: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Character offset where each page starts, for formats that have pages.
@@ -90,6 +92,11 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lease of the process working on the run: one resumer at a time, and a run
+    # whose owner is gone shows as interrupted instead of running forever.
+    owner_pid: Mapped[int | None] = mapped_column(default=None)
+    owner_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Call(Base):
