@@ -185,14 +185,19 @@ class Tomes:
     def ask(
         self, target: str | int, question: str, *, strategy: str = "mapreduce",
         on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+        **options: Any,
     ) -> Result:
-        """Answer a question over a document or corpus with the chosen strategy."""
-        from pipelines import mapreduce
+        """Answer a question over a document or corpus with the chosen strategy
+        (``pipelines.STRATEGIES``); ``options`` go to that strategy (e.g. mode=,
+        max_depth= for recursive)."""
+        from pipelines import strategy_module
 
-        if strategy not in STRATEGIES:
-            raise TomesError(f"unknown strategy {strategy!r}", f"use one of: {', '.join(STRATEGIES)}")
-        return mapreduce.ask(target, question, map_tokens=map_tokens, on_event=on_event,
-                             run_id=run_id)
+        if not question or not question.strip():
+            raise TomesError("the question is empty", "ask a question in words")
+        module = strategy_module(strategy)
+        if map_tokens is not None:
+            options["map_tokens"] = map_tokens
+        return module.ask(target, question, on_event=on_event, run_id=run_id, **options)
 
     @_scoped
     def resume(self, run_id: str, *, on_event: OnEvent = ignore) -> Result:

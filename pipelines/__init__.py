@@ -11,8 +11,20 @@ from app.errors import TomesError
 from app.events import OnEvent, ignore
 from pipelines.result import Provenance, Result
 
-# Strategies ``ask`` accepts, by name; more arrive with their issues.
-STRATEGIES: dict[str, str] = {"mapreduce": "pipelines.mapreduce"}
+# Strategies ``ask`` accepts, by name -> the module that runs them. Each module has
+# ``ask(target, question, *, on_event, run_id, **options) -> Result`` and
+# ``resume(run_id, *, on_event) -> Result``; options a strategy does not know are refused
+# by it with a TomesError.
+STRATEGIES: dict[str, str] = {
+    "mapreduce": "pipelines.mapreduce",
+}
+
+
+def strategy_module(name: str):
+    """The module that runs a strategy, imported only when chosen."""
+    if name not in STRATEGIES:
+        raise TomesError(f"unknown strategy {name!r}", f"use one of: {', '.join(STRATEGIES)}")
+    return importlib.import_module(STRATEGIES[name])
 
 
 def resume(run_id: str, *, on_event: OnEvent = ignore) -> Result:
@@ -23,7 +35,7 @@ def resume(run_id: str, *, on_event: OnEvent = ignore) -> Result:
     if pipeline not in STRATEGIES:
         raise TomesError(f"run {run_id} was made by {pipeline!r}, which cannot resume runs",
                          "start it again")
-    return importlib.import_module(STRATEGIES[pipeline]).resume(run_id, on_event=on_event)
+    return strategy_module(pipeline).resume(run_id, on_event=on_event)
 
 
-__all__ = ["STRATEGIES", "Provenance", "Result", "resume"]
+__all__ = ["STRATEGIES", "Provenance", "Result", "resume", "strategy_module"]

@@ -48,14 +48,24 @@ def ask_cmd(
                                  help=f"How to answer: {' | '.join(STRATEGIES)}."),
     backend: str = BackendOpt,
     map_tokens: int = MapTokensOpt,
+    mode: str = typer.Option(None, "--mode", help="recursive: code | actions (default: "
+                             "from the model's preset)."),
+    max_depth: int = typer.Option(None, "--max-depth", min=0, help="recursive: recursion depth."),
+    max_iterations: int = typer.Option(None, "--max-iterations", min=1,
+                                       help="recursive: root iterations."),
+    budget_tokens: int = typer.Option(None, "--budget-tokens", min=1,
+                                      help="recursive: total token budget."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Answer a question over a document or corpus, with provenance."""
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose one of: {', '.join(STRATEGIES)}", param_hint="--strategy")
+    given = {"mode": mode, "max_depth": max_depth, "max_iterations": max_iterations,
+             "budget_tokens": budget_tokens}
+    options = {k: v for k, v in given.items() if v is not None}
     with progress(not as_json) as on_event:
         result = Tomes(backend=backend).ask(target, question, strategy=strategy,
-                                            map_tokens=map_tokens, on_event=on_event)
+                                            map_tokens=map_tokens, on_event=on_event, **options)
     _show(result, as_json)
 
 
