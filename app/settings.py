@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.errors import TomesError
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("TOMES_HOME") or Path.home() / ".tomes")
@@ -61,6 +63,9 @@ class Settings:
     ann_nprobe: int = 32  # IVF lists probed per query: recall against speed
     fusion: str = "rrf"  # hybrid search: rrf (reciprocal rank) | score (relative score)
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     @property
     def db_path(self) -> Path:
         return self.home / "tomes.db"
@@ -80,6 +85,38 @@ class Settings:
     @property
     def checkpoint_path(self) -> Path:
         return self.home / "checkpoints.db"
+
+
+class SettingsError(TomesError, ValueError):
+    """A setting outside what tomes can work with (ValueError too: it is one)."""
+
+
+FUSIONS = ("rrf", "score")
+
+
+def _validate(s: Settings) -> None:
+    def bad(name: str, value: object, allowed: str) -> SettingsError:
+        return SettingsError(f"TOMES_{name.upper()}={value!r} is out of range: {allowed}",
+                             f"set TOMES_{name.upper()} (or {name}=) to a value in that range, "
+                             "or unset it for the default")
+
+    positive = ("chunk_tokens", "embed_batch_size", "ann_threshold", "ann_nprobe")
+    for name in positive:
+        if getattr(s, name) < 1:
+            raise bad(name, getattr(s, name), "a whole number of at least 1")
+    if s.chunk_overlap < 0 or s.chunk_overlap >= s.chunk_tokens:
+        raise bad("chunk_overlap", s.chunk_overlap,
+                  f"0 up to TOMES_CHUNK_TOKENS - 1 (chunks are {s.chunk_tokens} tokens)")
+    if s.max_file_mb <= 0:
+        raise bad("max_file_mb", s.max_file_mb, "a size in MB above 0")
+    if s.request_timeout <= 0:
+        raise bad("request_timeout", s.request_timeout, "seconds above 0")
+    if s.concurrency is not None and s.concurrency < 1:
+        raise bad("concurrency", s.concurrency, "at least 1 (or unset: the backend's capacity)")
+    if s.map_tokens is not None and s.map_tokens < 0:
+        raise bad("map_tokens", s.map_tokens, "0 (one chunk per call) or more tokens")
+    if s.fusion not in FUSIONS:
+        raise bad("fusion", s.fusion, f"one of {', '.join(FUSIONS)}")
 
 
 _ENV: dict[str, type] = {
@@ -109,9 +146,10 @@ def _from_env() -> Settings:
             try:
                 values[name] = kind(raw)
             except ValueError as exc:
-                raise ValueError(
-                    f"TOMES_{name.upper()}={raw!r} is not a valid {kind.__name__}; "
-                    f"fix or unset it"
+                kinds = {int: "a whole number", float: "a number"}
+                raise SettingsError(
+                    f"TOMES_{name.upper()}={raw!r} is not {kinds.get(kind, kind.__name__)}",
+                    f"fix or unset TOMES_{name.upper()}",
                 ) from exc
     if os.environ.get("TOMES_CACHE", "").lower() in {"0", "false", "off"}:
         values["cache"] = False
@@ -137,7 +175,10 @@ def get_settings() -> Settings:
 def configure(**changes: object) -> Settings:
     """Change settings for the whole process."""
     global _global
-    _global = dataclasses.replace(get_settings(), **_coerce(changes))
+    # From the process-wide settings, never a scoped override's: configure() inside
+    # override() must not leak the block's values into the whole process.
+    base = _global if _global is not None else _from_env()
+    _global = dataclasses.replace(base, **_coerce(changes))
     return _global
 
 

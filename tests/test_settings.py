@@ -47,3 +47,38 @@ def test_override_follows_async_tasks():
     inside1, inside2, outside = asyncio.run(main())
     assert inside1 == inside2 == "openai"
     assert outside != "openai"
+
+
+@pytest.mark.parametrize("name, raw, words", [
+    ("TOMES_CHUNK_OVERLAP", "512", "TOMES_CHUNK_OVERLAP"),   # >= chunk size
+    ("TOMES_CHUNK_TOKENS", "-5", "at least 1"),
+    ("TOMES_FUSION", "magic", "rrf, score"),
+    ("TOMES_MAX_FILE_MB", "-1", "above 0"),
+    ("TOMES_MAX_FILE_MB", "abc", "is not a number"),
+    ("TOMES_MAP_TOKENS", "-3", "TOMES_MAP_TOKENS"),
+])
+def test_out_of_range_settings_are_refused_on_load_naming_the_variable(monkeypatch, name, raw, words):
+    from app.errors import TomesError
+
+    monkeypatch.setenv(name, raw)
+    settings.reset()
+    with pytest.raises(TomesError, match=words) as info:
+        get_settings()
+    assert name in str(info.value) and info.value.fix
+
+
+def test_configure_inside_override_does_not_leak_the_scoped_values(tmp_path):
+    settings.reset()
+    with override(backend="openai", home=str(tmp_path)):
+        configure(chunk_tokens=200)
+    s = get_settings()
+    assert s.chunk_tokens == 200
+    assert s.backend != "openai" and s.home != Path(tmp_path)
+
+
+def test_bad_values_in_code_are_refused_too():
+    from app.errors import TomesError
+
+    with pytest.raises(TomesError, match="TOMES_CHUNK_OVERLAP"):
+        with override(chunk_tokens=100, chunk_overlap=100):
+            pass
