@@ -114,3 +114,19 @@ def test_unknown_document_is_a_clear_error(files, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no document with id 424242" in err and "tomes docs" in err
     assert "Traceback" not in err
+
+
+def test_names_that_look_like_rich_markup_print_as_they_are(tmp_path):
+    # "[final]" used to vanish (read as a style tag) and "[/b]" raised MarkupError.
+    (tmp_path / "draft [final].txt").write_text("The draft says [bold]hello[/bold] twice.")
+    odd = tmp_path / "x["
+    odd.mkdir()
+    (odd / "b].txt").write_text("")  # empty: its error message names the path "x[/b].txt"
+    result = run("ingest", str(tmp_path / "draft [final].txt"), str(odd / "b].txt"), "--no-embed")
+    assert "MarkupError" not in repr(result.exception), result.exception
+    assert "x[/b].txt" in result.output.replace("\n", "")
+    listing = run("docs")
+    assert listing.exit_code == 0 and "[final]" in listing.output
+    shown = run("show", "draft [final]")
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]hello[/bold]" in shown.output

@@ -9,12 +9,19 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from app.events import Event, OnEvent
 
 console = Console()
 console_err = Console(stderr=True)
+
+
+def safe(value: Any) -> str:
+    """A user- or document-derived value as literal text: file names like
+    `draft [final].txt` or `a[/b].txt` must print as they are, not as Rich markup."""
+    return escape(str(value))
 
 
 def print_json(data: Any) -> None:
@@ -43,7 +50,7 @@ def progress(enabled: bool = True) -> Iterator[OnEvent]:
         task = tasks.get(event.stage)
         if task is None:
             task = tasks[event.stage] = bars.add_task(event.stage, total=event.total, message="")
-        bars.update(task, completed=event.done, total=event.total, message=event.message[:40])
+        bars.update(task, completed=event.done, total=event.total, message=escape(event.message[:40]))
 
     with bars:
         yield on_event

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from app.api import Tomes
 from app.cli import app
-from app.cli._output import console, print_json, progress
+from app.cli._output import console, print_json, progress, safe
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -32,11 +32,11 @@ def ingest_cmd(
     else:
         console.print(
             f"[green]{len(report.added)} added[/], {len(report.skipped)} unchanged, "
-            f"[red]{len(report.failed)} failed[/] in corpus [bold]{report.corpus}[/]"
+            f"[red]{len(report.failed)} failed[/] in corpus [bold]{safe(report.corpus)}[/]"
             + (f"; {report.embedded} chunks embedded" if report.embedded else "")
         )
         for o in report.failed:
-            console.print(f"  [red]✗[/] {o.error}")
+            console.print(f"  [red]✗[/] {safe(o.error)}")
     if report.failed and not (report.added or report.skipped):
         raise typer.Exit(1)
 
@@ -53,7 +53,7 @@ def docs_cmd(
         return
     table = Table("id", "title", "corpus", "format", "chars", "chunks", "tokens")
     for d in docs:
-        table.add_row(str(d["id"]), d["title"], d["corpus"], d["format"],
+        table.add_row(str(d["id"]), safe(d["title"]), safe(d["corpus"]), d["format"],
                       f"{d['chars']:,}", str(d["chunks"]), f"{d['tokens']:,}")
     console.print(table if docs else "No documents yet: add some with `tomes ingest PATH`.")
 
@@ -72,14 +72,14 @@ def show_cmd(
     chunks = info.pop("chunks")
     meta = info.pop("meta")
     for key, value in info.items():
-        console.print(f"[bold]{key:>10}[/] {value}")
+        console.print(f"[bold]{key:>10}[/] {safe(value)}", highlight=False)
     if meta.get("boilerplate"):
         console.print(f"[bold]{'removed':>10}[/] {len(meta['boilerplate'])} boilerplate block(s)")
     table = Table("#", "id", "span", "page", "tokens", "text")
     for c in chunks[: limit or None]:
         preview = " ".join(c["text"].split())[:80]
         table.add_row(str(c["ordinal"]), str(c["id"]), f"{c['start']}-{c['end']}",
-                      str(c["page"] or ""), str(c["tokens"]), preview)
+                      str(c["page"] or ""), str(c["tokens"]), safe(preview))
     console.print(table)
     if limit and len(chunks) > limit:
         console.print(f"... {len(chunks) - limit} more (use --limit 0 for all)")
@@ -93,4 +93,4 @@ def rm_cmd(doc: str = typer.Argument(..., help="Document id, title or file name.
     if as_json:
         print_json(info)
     else:
-        console.print(f"Removed document {info['id']} ({info['title']}), {info['chunks']} chunks.")
+        console.print(f"Removed document {info['id']} ({safe(info['title'])}), {info['chunks']} chunks.")

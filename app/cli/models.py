@@ -110,7 +110,7 @@ def chat_cmd(
 def _label(call: dict[str, Any]) -> str:
     tokens = f"{call['prompt_tokens']}+{call['completion_tokens']} tok"
     status = "[red]error[/]" if call["error"] else ("[green]cache[/]" if call["cache_hit"] else "")
-    preview = call["preview"].replace("[", r"\[")
+    preview = escape(call["preview"])
     return (f"[bold]#{call['id']}[/] {call['node'] or '-'}  [dim]{tokens}, "
             f"{call['latency_ms']:.0f} ms[/] {status}  {preview}")
 

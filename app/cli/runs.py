@@ -10,7 +10,7 @@ from rich.table import Table
 
 from app.api import STRATEGIES, Result, Tomes
 from app.cli import app
-from app.cli._output import console, print_json, progress
+from app.cli._output import console, print_json, progress, safe
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 BackendOpt = typer.Option(None, "--backend", "-b", help="Serving backend (default: settings).")
@@ -111,7 +111,7 @@ def runs_cmd(
         elif r["error"]:
             text = (text + " → " if text else "") + r["error"]
         table.add_row(r["id"], f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
-                      r["pipeline"], r["target"], text)
+                      safe(r["pipeline"]), safe(r["target"]), safe(text))
     console.print(table)
 
 
@@ -121,15 +121,15 @@ def _show(result: Result, as_json: bool) -> None:
         data["tokens"] = result.tokens
         print_json(data)
         return
-    console.print(result.answer or "[dim](no answer)[/]", highlight=False)
+    console.print(safe(result.answer) if result.answer else "[dim](no answer)[/]", highlight=False)
     if result.provenance:
         console.print("\n[bold]rests on[/]")
         for p in result.provenance[:12]:
             page = f" p.{p.page}" if p.page else ""
             quote = p.quote if len(p.quote) <= 100 else p.quote[:99] + "…"
             console.print(
-                f"  [cyan]chunk {p.chunk_id}[/] · doc {p.document_id} {p.title} · "
-                f"chars {p.start}-{p.end}{page}\n    [dim]“{quote}”[/]",
+                f"  [cyan]chunk {p.chunk_id}[/] · doc {p.document_id} {safe(p.title)} · "
+                f"chars {p.start}-{p.end}{page}\n    [dim]“{safe(quote)}”[/]",
                 highlight=False,
             )
         if len(result.provenance) > 12:

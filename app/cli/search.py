@@ -7,7 +7,7 @@ from rich.table import Table
 
 from app.api import Tomes
 from app.cli import app
-from app.cli._output import console, print_json, progress
+from app.cli._output import console, print_json, progress, safe
 
 
 @app.command("search")
@@ -28,15 +28,15 @@ def search_cmd(
         print_json([h.to_dict() for h in hits])
         return
     if not hits:
-        console.print(f"No matches in corpus [bold]{corpus}[/].")
+        console.print(f"No matches in corpus [bold]{safe(corpus)}[/].")
         return
     table = Table("#", "score", "document", "chunk", "span", "page", "text")
     for rank, h in enumerate(hits, start=1):
         preview = " ".join(h.text.split())
         table.add_row(
-            str(rank), f"{h.score:.4f}", f"{h.title} [dim]({h.document_id})[/]", str(h.chunk_id),
+            str(rank), f"{h.score:.4f}", f"{safe(h.title)} [dim]({h.document_id})[/]", str(h.chunk_id),
             f"{h.start}-{h.end}", str(h.page or ""),
-            preview[:160] + ("…" if len(preview) > 160 else ""),
+            safe(preview[:160] + ("…" if len(preview) > 160 else "")),
         )
     console.print(table)
 
@@ -54,5 +54,5 @@ def reembed_cmd(
     if as_json:
         print_json({"corpus": corpus, "embedded": n, "index": info})
     else:
-        console.print(f"Embedded {n} chunks of corpus [bold]{corpus}[/] with {info['model']} "
+        console.print(f"Embedded {n} chunks of corpus [bold]{safe(corpus)}[/] with {info['model']} "
                       f"({info['vectors']} vectors, {info['kind']} index).")
