@@ -225,10 +225,19 @@ class Tomes:
         """One prompt through the active backend: text, usage, latency, call id."""
         from serving import get_lm, run_scope
 
+        from pipelines import overflow_advice
+        from serving import ContextOverflowError
+
         lm = get_lm()
-        with run_scope(run_id):
-            response = lm.chat(prompt, system=system, max_tokens=max_tokens, temperature=temperature,
-                               stop=stop, json_schema=json_schema, node="chat", cache=cache)
+        try:
+            with run_scope(run_id):
+                response = lm.chat(prompt, system=system, max_tokens=max_tokens,
+                                   temperature=temperature, stop=stop, json_schema=json_schema,
+                                   node="chat", cache=cache)
+        except ContextOverflowError as exc:
+            exc.fix = f"{overflow_advice()}; or {exc.fix}"
+            exc.args = (f"{exc.cause}. {exc.fix}",)
+            raise
         out = response.to_dict()
         out["backend"] = lm.backend.name
         if json_schema is not None:

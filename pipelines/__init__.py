@@ -27,6 +27,16 @@ def strategy_module(name: str):
     return importlib.import_module(STRATEGIES[name])
 
 
+def overflow_advice(running: str | None = None) -> str:
+    """What to do about a context overflow: the strategies that exist and read the text
+    in pieces, never the one that just overflowed."""
+    others = [name for name in STRATEGIES if name not in (running, "direct")]
+    ways = [f"`tomes ask TARGET QUESTION --strategy {name}`" for name in others]
+    if running != "mapreduce" and "mapreduce" in STRATEGIES:
+        ways.append("`tomes summarize TARGET`")
+    return ("read the text in pieces: " + " or ".join(ways)) if ways else ""
+
+
 def resume(run_id: str, *, on_event: OnEvent = ignore) -> Result:
     """Continue a run with the pipeline that started it."""
     from pipelines._runs import load_run
@@ -38,4 +48,4 @@ def resume(run_id: str, *, on_event: OnEvent = ignore) -> Result:
     return strategy_module(pipeline).resume(run_id, on_event=on_event)
 
 
-__all__ = ["STRATEGIES", "Provenance", "Result", "resume", "strategy_module"]
+__all__ = ["STRATEGIES", "Provenance", "Result", "overflow_advice", "resume", "strategy_module"]

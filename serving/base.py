@@ -145,11 +145,9 @@ class ContextOverflowError(BackendError):
         return self.prompt_tokens + self.max_tokens - self.context_window  # type: ignore[operator]
 
 
-OVERFLOW_FIX = (
-    "use a strategy that reads the text in pieces: `tomes ask TARGET QUESTION --strategy "
-    "mapreduce` (or `--strategy rag`, or `tomes summarize`), shorten the prompt or "
-    "max_tokens, or pick a longer-context model (`tomes models`)"
-)
+# Serving knows no strategies: pipelines and the API add which ones read in pieces
+# (pipelines.overflow_advice), from the ones that exist.
+OVERFLOW_FIX = "shorten the prompt or max_tokens, or pick a longer-context model (`tomes models`)"
 
 
 def overflow_error(prompt_tokens: int, max_tokens: int, window: int, model: str) -> ContextOverflowError:

@@ -155,7 +155,8 @@ def test_overflow_is_caught_before_the_call_and_says_by_how_much_and_what_to_use
     assert err.context_window == 300 and err.max_tokens == 100 and err.prompt_tokens >= 400
     assert err.excess == err.prompt_tokens + 100 - 300 > 0
     assert f"{err.excess:,} tokens over the 300-token window" in err.cause
-    assert "--strategy mapreduce" in err.fix and "rag" in err.fix
+    # Serving knows no strategies; it advises only what it can know.
+    assert "longer-context model" in err.fix and "--strategy" not in err.fix
     (row,) = calls()
     assert row.run_id == "big" and row.error.startswith("ContextOverflowError")
     # max_tokens counts too: the same prompt fits with a smaller reply budget...
@@ -163,6 +164,37 @@ def test_overflow_is_caught_before_the_call_and_says_by_how_much_and_what_to_use
     # ...and not with a larger one.
     with pytest.raises(ContextOverflowError):
         lm.chat("word " * 100, max_tokens=250)
+
+
+def test_overflow_advice_names_only_strategies_that_exist_and_not_the_running_one(monkeypatch):
+    import pipelines
+    from pipelines import overflow_advice
+
+    monkeypatch.setattr(pipelines, "STRATEGIES", {"mapreduce": "m", "direct": "d", "rag": "r"})
+    advice = overflow_advice("rag")
+    assert "--strategy mapreduce" in advice and "--strategy rag" not in advice
+    assert "--strategy direct" not in advice  # direct reads it whole: no help
+    monkeypatch.setattr(pipelines, "STRATEGIES", {"mapreduce": "m"})
+    assert "--strategy rag" not in overflow_advice() and "--strategy mapreduce" in overflow_advice()
+    assert "--strategy" not in overflow_advice("mapreduce")
+
+
+def test_chat_overflow_advises_the_strategies_that_exist(monkeypatch):
+    from pipelines import STRATEGIES
+
+    lm, _backend = lm_with(["never"], context_window=300)
+    monkeypatch.setattr(serving_lm_module(), "get_lm", lambda *a, **k: lm)
+    with pytest.raises(ContextOverflowError) as info:
+        Tomes().chat("word " * 400, max_tokens=100)
+    for name in STRATEGIES:
+        assert f"--strategy {name}" in info.value.fix
+    assert "--strategy rag" not in info.value.fix or "rag" in STRATEGIES
+
+
+def serving_lm_module():
+    import serving
+
+    return serving
 
 
 def test_context_overflow_is_a_tomes_error_for_the_cli():
