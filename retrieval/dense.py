@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from app.errors import TomesError
-from retrieval.files import read_npz, write_npz
+from retrieval.files import read_npz, set_aside, write_npz
 
 FORMAT = 1
 
@@ -49,8 +49,11 @@ class DenseIndex:
             arrays, meta = loaded
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}")
-            index = faiss.deserialize_index(arrays["faiss"])
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            try:
+                index = faiss.deserialize_index(arrays["faiss"])
+            except RuntimeError as exc:  # readable zip, damaged FAISS bytes: rebuild
+                return set_aside(path, exc)
+        except (OSError, ValueError, KeyError) as exc:
             raise TomesError(
                 f"the dense index of corpus {corpus!r} at {path} cannot be read ({exc})",
                 f"rebuild it with `tomes reembed {shlex.quote(corpus)}`",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from app.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def corpus_dir(corpus_id: int, name: str) -> Path:
@@ -41,16 +44,35 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -
 
 
 def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The arrays and header written by write_npz, or None when there is no such file."""
+    """The arrays and header written by write_npz, or None when there is no such file or
+    it is damaged (empty, truncated, bit-flipped): index files are derived data, so a
+    damaged one is set aside and rebuilt from the store like a missing one."""
     try:
         # An open file keeps reading the version it opened, even if a writer replaces it.
         npz = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         return None
-    with npz:
-        arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
-        meta = json.loads(str(npz["__meta__"]))
+    except Exception as exc:  # EOFError, BadZipFile, ValueError...: all mean "damaged"
+        return set_aside(path, exc)
+    try:
+        with npz:
+            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+            meta = json.loads(str(npz["__meta__"]))
+    except Exception as exc:
+        return set_aside(path, exc)
     return arrays, meta
+
+
+def set_aside(path: Path, exc: BaseException) -> None:  # noqa: D401
+    """Move a damaged index file out of the way (kept as *.damaged for a post-mortem) and
+    say so in one line; the caller rebuilds it from the store."""
+    log.warning("index file %s is damaged (%s: %s); rebuilding it from the store",
+                path, type(exc).__name__, str(exc)[:120])
+    try:
+        os.replace(path, path.with_name(path.name + ".damaged"))
+    except OSError:
+        pass
+    return None
 
 
 def file_signature(path: Path) -> tuple[int, int, int] | None:
