@@ -55,3 +55,21 @@ def test_a_damaged_index_file_is_rebuilt_from_the_store(tmp_path, name, how, cap
     Tomes().ingest([more], "f")
     assert Tomes().search("f", "comets moons", k=1, mode=mode)
     assert retrieval.files.read_npz(path) is not None
+
+
+def test_a_damaged_database_is_named_with_how_to_restore_it(tmp_path):
+    from app.store.db import dispose_all
+
+    Tomes().ingest([_book(tmp_path)], "f")
+    db = Tomes().settings.db_path
+    dispose_all()
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    db.write_bytes(random.Random(5).randbytes(8192))  # not a database any more
+    from app.errors import TomesError
+
+    with pytest.raises(TomesError) as info:
+        Tomes().documents()
+    assert str(db) in info.value.cause and "damaged" in info.value.cause
+    assert "backup" in info.value.fix and "rebuilt" in info.value.fix
+

@@ -10,8 +10,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import TomesError
 from app.settings import get_settings
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -55,11 +57,33 @@ def open_store(path: Path | None = None) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(f"sqlite:///{path}")
             event.listen(engine, "connect", _set_pragmas)
-            command.upgrade(alembic_config(engine), "head")
+            _migrate(engine, path)
             _engines[key] = engine
         if path.is_absolute():
             _by_path[str(path)] = engine
     return engine
+
+
+def _migrate(engine: Engine, path: Path) -> None:
+    """Bring the schema to head, one process at a time: three ingests on a brand-new home
+    used to race and fail with "table calls already exists"."""
+    import fcntl
+
+    with open(path.with_name(path.name + ".migrate-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        except DatabaseError as exc:
+            engine.dispose()
+            raise TomesError(
+                f"the tomes database {path} is damaged and cannot be read "
+                f"({str(exc.orig or exc).splitlines()[0][:100]})",
+                f"restore {path.name} from a backup, or move it aside to start an empty store "
+                "(indexes and the response cache are rebuilt from the store; documents, runs "
+                "and the call log live only in it)",
+            ) from exc
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def dispose_all() -> None:
