@@ -120,6 +120,10 @@ class Tomes:
         ``document`` (id, title or file name) restricts hits to one document."""
         import retrieval
 
+        if not query or not query.strip():
+            raise TomesError("the search query is empty", "search for some words")
+        if k < 1:
+            raise TomesError(f"k={k} asks for no results", "ask for at least 1 (e.g. -k 5)")
         document_id = None
         if document is not None:
             with session_scope() as s:

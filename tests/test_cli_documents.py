@@ -130,3 +130,17 @@ def test_names_that_look_like_rich_markup_print_as_they_are(tmp_path):
     shown = run("show", "draft [final]")
     assert shown.exit_code == 0, shown.output
     assert "[bold]hello[/bold]" in shown.output
+
+
+@pytest.mark.parametrize("args", [("show", "x", "-n", "-3"), ("runs", "-n", "-1"), ("runs", "-n", "0")])
+def test_negative_counts_are_refused(args):
+    result = run(*args)
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_an_empty_search_query_is_an_error():
+    from app.api import Tomes
+    from app.errors import TomesError
+
+    with pytest.raises(TomesError, match="empty"):
+        Tomes().search("any", "   ")

@@ -61,7 +61,7 @@ def docs_cmd(
 @app.command("show")
 def show_cmd(
     doc: str = typer.Argument(..., help="Document id, title or file name."),
-    limit: int = typer.Option(20, "--limit", "-n", help="Chunks to show (0: all)."),
+    limit: int = typer.Option(20, "--limit", "-n", min=0, help="Chunks to show (0: all)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """A document's metadata and chunks."""

@@ -83,7 +83,7 @@ def resume_cmd(
 
 @app.command("runs")
 def runs_cmd(
-    limit: int = typer.Option(20, "--limit", "-n", help="How many, newest first."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first."),
     as_json: bool = JsonOpt,
 ) -> None:
     """List runs, newest first: status, pipeline, target, question and answer."""
