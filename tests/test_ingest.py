@@ -163,3 +163,37 @@ def test_chunk_settings_are_used(tmp_path, tokens, overlap):
     assert max(c.n_tokens for c in chunks) <= tokens
     overlapping = sum(b.start < a.end for a, b in zip(chunks, chunks[1:]))
     assert (overlapping > 0) == (overlap > 0)
+
+
+def test_reingesting_an_edited_file_replaces_the_old_document(tmp_path):
+    import retrieval
+    from app.api import Tomes
+
+    path = tmp_path / "letter.txt"
+    path.write_text("Dear Anna, the orchard is in bloom and the bees are busy.")
+    first = Tomes().ingest([path], "mail")
+    assert len(first.added) == 1
+    path.write_text("Dear Anna, the orchard burned down; the bees have flown to the hills.")
+    second = Tomes().ingest([path], "mail")
+    assert [o.status for o in second.outcomes] == ["updated"]
+    docs = Tomes().documents("mail")
+    assert len(docs) == 1 and docs[0]["id"] == second.updated[0].document_id
+    assert "burned" in Tomes().document(docs[0]["id"])["chunks"][0]["text"]
+    hits = Tomes().search("mail", "orchard bees", k=5, mode="keyword")
+    assert hits and all("burned" in h.text for h in hits)  # the old text is not searchable
+    assert retrieval.status("mail")["missing"] == 0
+    # Same content again: nothing changes.
+    assert [o.status for o in Tomes().ingest([path], "mail").outcomes] == ["skipped"]
+
+
+def test_an_ingest_with_a_failed_file_exits_non_zero_after_storing_the_good_ones(tmp_path):
+    from typer.testing import CliRunner
+
+    from app.api import Tomes
+    from app.cli import app
+
+    (tmp_path / "good.txt").write_text("Good words are stored.")
+    (tmp_path / "empty.txt").write_text("")
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--no-embed"])
+    assert result.exit_code == 1
+    assert [d["title"] for d in Tomes().documents()] == ["good"]

@@ -31,13 +31,15 @@ def ingest_cmd(
         })
     else:
         console.print(
-            f"[green]{len(report.added)} added[/], {len(report.skipped)} unchanged, "
+            f"[green]{len(report.added)} added[/], "
+            + (f"[green]{len(report.updated)} updated[/], " if report.updated else "")
+            + f"{len(report.skipped)} unchanged, "
             f"[red]{len(report.failed)} failed[/] in corpus [bold]{safe(report.corpus)}[/]"
             + (f"; {report.embedded} chunks embedded" if report.embedded else "")
         )
         for o in report.failed:
             console.print(f"  [red]✗[/] {safe(o.error)}")
-    if report.failed and not (report.added or report.skipped):
+    if report.failed:  # the good files are stored; the exit code still says not all were
         raise typer.Exit(1)
 
 

@@ -11,7 +11,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from app.errors import IngestError
 from app.events import Event, OnEvent, ignore
@@ -24,7 +25,7 @@ from app.store import Chunk, Corpus, Document, session_scope
 @dataclass
 class Outcome:
     path: str
-    status: str  # "added" | "skipped" | "failed"
+    status: str  # "added" | "updated" | "skipped" | "failed"
     document_id: int | None = None
     chunks: int = 0
     error: str | None = None
@@ -42,6 +43,11 @@ class IngestReport:
     @property
     def added(self) -> list[Outcome]:
         return self._with("added")
+
+    @property
+    def updated(self) -> list[Outcome]:
+        """Files whose content changed since they were ingested: the old version is gone."""
+        return self._with("updated")
 
     @property
     def skipped(self) -> list[Outcome]:
@@ -111,18 +117,44 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
         overlap=settings.chunk_overlap,
         page_starts=result.page_starts,
     )
+    source = str(path.resolve())
+    try:
+        return _store(path, corpus, source, digest, result, spans, tokenizer.name)
+    except IntegrityError:
+        # Another process stored the same content first (the unique corpus+hash
+        # constraint decided the race): for this file, nothing changed.
+        with session_scope() as session:
+            existing = session.scalar(
+                select(Document.id).join(Corpus)
+                .where(Corpus.name == corpus, Document.content_hash == digest)
+            )
+        if existing is None:
+            raise
+        return Outcome(str(path), "skipped", document_id=existing)
+
+
+def _store(path, corpus, source, digest, result, spans, tokenizer_name) -> Outcome:
     with session_scope() as session:
+        cid = corpus_id(session, corpus)
+        # Same file, new content: the edited version replaces the old one (its chunks go
+        # with it, in this same transaction; its vectors at the next index sync).
+        old = list(session.scalars(
+            select(Document.id).where(Document.corpus_id == cid, Document.source == source)
+        ))
+        if old:
+            session.execute(delete(Chunk).where(Chunk.document_id.in_(old)))
+            session.execute(delete(Document).where(Document.id.in_(old)))
         doc = Document(
-            corpus_id=corpus_id(session, corpus),
+            corpus_id=cid,
             title=result.title,
-            source=str(path.resolve()),
+            source=source,
             format=result.format,
             text=result.text,
             n_chars=len(result.text),
             content_hash=digest,
             meta=result.meta,
             page_starts=result.page_starts,
-            tokenizer=tokenizer.name,
+            tokenizer=tokenizer_name,
         )
         doc.chunks = [
             Chunk(
@@ -139,7 +171,8 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
         ]
         session.add(doc)
         session.flush()
-        return Outcome(str(path), "added", document_id=doc.id, chunks=len(spans))
+        return Outcome(str(path), "updated" if old else "added", document_id=doc.id,
+                       chunks=len(spans))
 
 
 def ingest(
