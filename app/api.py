@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import defer
 
 from app import settings as _settings
 from app.errors import NotFound, TomesError
@@ -62,6 +63,7 @@ class Tomes:
         with session_scope() as s:
             query = (
                 select(Document, Corpus.name, func.count(Chunk.id), func.sum(Chunk.n_tokens))
+                .options(defer(Document.text), defer(Document.meta))  # books are large
                 .join(Corpus)
                 .outerjoin(Chunk)
                 .group_by(Document.id)

@@ -144,3 +144,20 @@ def test_an_empty_search_query_is_an_error():
 
     with pytest.raises(TomesError, match="empty"):
         Tomes().search("any", "   ")
+
+
+def test_listing_documents_does_not_load_their_text(files, monkeypatch):
+    from sqlalchemy import event
+
+    from app.api import Tomes
+    from app.store import open_store
+
+    Tomes().ingest([files / "rivers.md"], "geo", embed=False)
+    statements = []
+    engine = open_store()
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cur, sql, *a: statements.append(sql))
+    (doc,) = Tomes().documents()
+    listing_sql = statements[0]
+    assert "documents.text" not in listing_sql, listing_sql
+    assert doc["chars"] > 0  # from the stored length
