@@ -91,12 +91,14 @@ class SentenceTransformerEmbedder(Embedder):
 
     def __init__(self, source: str, *, model_id: str | None = None, window_tokens: int = 128,
                  overlap_tokens: int = 16) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         _quiet_transformers()
         from sentence_transformers import SentenceTransformer
 
+        from app.offline import hub_offline
+
         try:
-            self.model = SentenceTransformer(source, device="cpu")
+            with hub_offline():
+                self.model = SentenceTransformer(source, device="cpu")
         except Exception as exc:  # OSError, ValueError, HF errors: all mean "can't load"
             raise TomesError(
                 f"cannot load embedding model {source!r} ({type(exc).__name__}: {str(exc)[:200]})",

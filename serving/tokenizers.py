@@ -73,7 +73,6 @@ def gguf_tokenizer_dir(gguf: Path) -> Path:
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:  # pragma: no cover - transformers is a main dependency
@@ -81,7 +80,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
             "transformers is needed once to read the tokenizer out of the GGUF file",
             "pip install transformers gguf",
         ) from exc
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    from app.offline import hub_offline
+
+    with hub_offline():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Write beside and rename, so a concurrent reader never sees half a directory.
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")

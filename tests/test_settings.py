@@ -82,3 +82,14 @@ def test_bad_values_in_code_are_refused_too():
     with pytest.raises(TomesError, match="TOMES_CHUNK_OVERLAP"):
         with override(chunk_tokens=100, chunk_overlap=100):
             pass
+
+
+def test_offline_loading_is_scoped_to_the_load(monkeypatch):
+    import os
+
+    from app.offline import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with hub_offline():
+        assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in os.environ  # a later vllm-local download still works

@@ -57,7 +57,6 @@ class TransformersBackend(Backend):
             if self._model is not None:
                 return
             started = time.perf_counter()
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
             from transformers.utils import logging as hf_logging
@@ -67,14 +66,18 @@ class TransformersBackend(Backend):
             hf_logging.disable_progress_bar()  # serving never prints
             if self.threads:
                 torch.set_num_threads(self.threads)
-            tok = AutoTokenizer.from_pretrained(str(gguf_tokenizer_dir(self.path)))
+            from app.offline import hub_offline
+
+            with hub_offline():
+                tok = AutoTokenizer.from_pretrained(str(gguf_tokenizer_dir(self.path)))
             tok.padding_side = "left"
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
             try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(self.path.parent), gguf_file=self.path.name, dtype=torch.float32
-                )
+                with hub_offline():
+                    model = AutoModelForCausalLM.from_pretrained(
+                        str(self.path.parent), gguf_file=self.path.name, dtype=torch.float32
+                    )
             except Exception as exc:
                 raise BackendError(
                     f"transformers could not load {self.path.name}: {exc}",

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.errors import TomesError
-from ui._state import index_in_background, indexing, tomes
+from ui._state import describe_error, index_error, index_in_background, indexing, safe_upload_path, tomes
 
 st.header("Library")
 
@@ -21,7 +21,7 @@ if submitted and files:
     uploads.mkdir(parents=True, exist_ok=True)
     paths = []
     for f in files:
-        path = uploads / f.name
+        path = safe_upload_path(uploads, f.name)
         path.write_bytes(f.getvalue())
         paths.append(path)
     bar = st.progress(0.0, text="reading")
@@ -47,6 +47,14 @@ for name in sorted({d["corpus"] for d in docs}):
         st.caption(f"corpus **{name}**: indexing in the background… {status}")
     else:
         st.caption(f"corpus **{name}**: {status}")
+        failure = index_error(name)
+        if failure is not None:
+            cause, fix = describe_error(failure)
+            with st.expander(f"Indexing corpus {name} failed", expanded=True):
+                st.error(f"**Cause:** {cause}" + (f"\n\n**Fix:** {fix}" if fix else ""))
+                if st.button("Index again", key=f"reindex_{name}"):
+                    index_in_background(name)
+                    st.rerun()
 
 table = pd.DataFrame(docs)[["id", "title", "corpus", "format", "chars", "chunks", "tokens", "pages"]]
 st.dataframe(table, hide_index=True, width="stretch")
