@@ -206,7 +206,7 @@ def test_context_errors_from_the_server_become_overflow_errors_without_retries(v
     with pytest.raises(ContextOverflowError) as info:
         get_lm(backend(vllm, retries=3)).chat("short enough for our estimate", max_tokens=100)
     assert vllm.chat_requests() == 1
-    assert "4,096-token window" in info.value.cause and "mapreduce" in info.value.fix
+    assert "4,096-token window" in info.value.cause and "longer-context model" in info.value.fix
 
 
 def test_other_client_errors_are_not_retried(vllm):
