@@ -44,7 +44,8 @@ class Cached:
 # than the write itself (~0.5 ms a call), and this runs on every model call.
 _LOOKUP = (
     "SELECT id, response, prompt_tokens, completion_tokens, model FROM calls "
-    "WHERE cache_key = ? AND error IS NULL AND response IS NOT NULL ORDER BY id DESC LIMIT 1"
+    "WHERE cache_key = ? AND error IS NULL AND response IS NOT NULL AND trim(response) != '' "
+    "ORDER BY id DESC LIMIT 1"
 )
 _INSERT = (
     "INSERT INTO calls (run_id, parent_id, node, backend, model, messages, params, response, "

@@ -187,11 +187,16 @@ class LM:
         )
         backend, model, params = self.backend.name, self.model, request.params()
         run_id, parent_id = current_run.get(), current_parent.get()
-        key = calllog.cache_key(backend, model, messages, params)
+        # The endpoint is part of the key: two servers may serve one model name differently.
+        endpoint = getattr(self.backend, "base_url", None)
+        key = calllog.cache_key(backend, model, messages, {**params, "endpoint": endpoint}
+                                if endpoint else params)
         entry = dict(run_id=run_id, parent_id=parent_id, node=node, backend=backend, model=model,
                      params=params, key=key)
 
-        if cache is not False and self.cache and get_settings().cache:
+        # Sampled replies (temperature > 0) are not replayed unless asked for (cache=True).
+        wanted = cache is True or (cache is None and not temperature)
+        if wanted and self.cache and get_settings().cache:
             started = time.perf_counter()
             hit = calllog.lookup(key, self.db_path)
             if hit is not None:

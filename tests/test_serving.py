@@ -484,3 +484,23 @@ def test_batch_worker_hands_an_engine_failure_to_every_caller_in_the_batch():
     out = asyncio.run(main())
     worker.stop()
     assert all(isinstance(e, RuntimeError) for e in out)
+
+
+def test_sampled_and_empty_replies_are_not_replayed_from_the_cache():
+    lm, backend = lm_with(["first", "second", "", "third"])
+    lm.chat("tell a story", temperature=0.8)
+    again = lm.chat("tell a story", temperature=0.8)
+    assert not again.cache_hit and again.text == "second"  # sampled: asked anew
+    lm.chat("say nothing")                                 # the reply is empty
+    third = lm.chat("say nothing")
+    assert not third.cache_hit and third.text == "third"   # an empty reply is never reused
+
+
+def test_the_cache_key_includes_the_endpoint():
+    lm1, b1 = lm_with(["from server one"])
+    b1.base_url = "http://127.0.0.1:8001/v1"
+    lm1.chat("hello")
+    lm2, b2 = lm_with(["from server two"])
+    b2.base_url = "http://127.0.0.1:8002/v1"
+    r = lm2.chat("hello")
+    assert not r.cache_hit and r.text == "from server two"
