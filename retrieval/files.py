@@ -63,7 +63,7 @@ def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     return arrays, meta
 
 
-def set_aside(path: Path, exc: BaseException) -> None:  # noqa: D401
+def set_aside(path: Path, exc: BaseException) -> None:
     """Move a damaged index file out of the way (kept as *.damaged for a post-mortem) and
     say so in one line; the caller rebuilds it from the store."""
     log.warning("index file %s is damaged (%s: %s); rebuilding it from the store",

@@ -183,18 +183,14 @@ def test_chat_overflow_advises_the_strategies_that_exist(monkeypatch):
     from pipelines import STRATEGIES
 
     lm, _backend = lm_with(["never"], context_window=300)
-    monkeypatch.setattr(serving_lm_module(), "get_lm", lambda *a, **k: lm)
+    import serving
+
+    monkeypatch.setattr(serving, "get_lm", lambda *a, **k: lm)
     with pytest.raises(ContextOverflowError) as info:
         Tomes().chat("word " * 400, max_tokens=100)
     for name in STRATEGIES:
         assert f"--strategy {name}" in info.value.fix
     assert "--strategy rag" not in info.value.fix or "rag" in STRATEGIES
-
-
-def serving_lm_module():
-    import serving
-
-    return serving
 
 
 def test_context_overflow_is_a_tomes_error_for_the_cli():

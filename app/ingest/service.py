@@ -95,12 +95,7 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
     except OSError as exc:
         raise IngestError(str(path), f"cannot be read ({exc.strerror})", "check its permissions") from exc
     digest = hashlib.sha256(raw).hexdigest()
-    with session_scope() as session:
-        # A lookup only: a file that then fails must not leave even an empty corpus.
-        existing = session.scalar(
-            select(Document.id).join(Corpus)
-            .where(Corpus.name == corpus, Document.content_hash == digest)
-        )
+    existing = _stored(corpus, digest)
     if existing is not None:
         return Outcome(str(path), "skipped", document_id=existing)
 
@@ -123,14 +118,20 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
     except IntegrityError:
         # Another process stored the same content first (the unique corpus+hash
         # constraint decided the race): for this file, nothing changed.
-        with session_scope() as session:
-            existing = session.scalar(
-                select(Document.id).join(Corpus)
-                .where(Corpus.name == corpus, Document.content_hash == digest)
-            )
+        existing = _stored(corpus, digest)
         if existing is None:
             raise
         return Outcome(str(path), "skipped", document_id=existing)
+
+
+def _stored(corpus: str, digest: str) -> int | None:
+    """The id of the document with this content in the corpus, if any. A lookup only: a
+    file that then fails must not leave even an empty corpus."""
+    with session_scope() as session:
+        return session.scalar(
+            select(Document.id).join(Corpus)
+            .where(Corpus.name == corpus, Document.content_hash == digest)
+        )
 
 
 def _store(path, corpus, source, digest, result, spans, tokenizer_name) -> Outcome:
