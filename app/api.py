@@ -160,6 +160,9 @@ class Tomes:
 
     @_scoped
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        from pipelines._runs import reap_runs
+
+        reap_runs()  # a run whose process died shows as interrupted, not running forever
         with session_scope() as s:
             rows = s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit))
             return [_run_info(r) for r in rows]

@@ -1,20 +1,46 @@
-"""Run bookkeeping: the Run row every pipeline keeps, and the LangGraph checkpointer.
+"""Run bookkeeping: the Run row every pipeline keeps, its lease, and the checkpointer.
 
 The Run row is what users list and resume (``tomes runs``, ``tomes resume RUN``); the
 checkpoints (thread id = run id) are what makes a resumed run skip finished work.
+
+A run has one owner at a time: the process working on it holds a lease in the row (pid,
+host, heartbeat). A second process that tries to resume a live run is refused, naming the
+owner; a run whose owner died (SIGKILL, a crash, a reboot) shows as ``interrupted``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import select, update
 
 from app.errors import NotFound, TomesError
 from app.settings import get_settings
 from app.store import Run, session_scope
 from app.store.models import utcnow
+
+# The owner refreshes its heartbeat this often; on another host (where its pid cannot be
+# checked) an owner silent for LEASE_TTL is taken to be gone.
+HEARTBEAT_S = 15.0
+LEASE_TTL = timedelta(seconds=120)
+
+_HOST = socket.gethostname()
+# Runs this process owns -> the event that stops their heartbeat.
+_owned: dict[str, threading.Event] = {}
+_owned_lock = threading.Lock()
+_interrupted: list[str] = []
+
+
+class RunBusy(TomesError):
+    """Another live process owns the run."""
 
 
 def new_run_id() -> str:
@@ -29,7 +55,9 @@ def create_run(
         if s.get(Run, run_id) is not None:
             raise TomesError(f"run {run_id} already exists", f"continue it with `tomes resume {run_id}`")
         s.add(Run(id=run_id, pipeline=pipeline, target=target, question=question,
-                  params=params, status="running"))
+                  params=params, status="running", owner_pid=os.getpid(), owner_host=_HOST,
+                  heartbeat_at=utcnow()))
+    _start_heartbeat(run_id)
     return run_id
 
 
@@ -38,27 +66,144 @@ def load_run(run_id: str) -> dict[str, Any]:
         run = s.get(Run, run_id)
         if run is None:
             raise NotFound(f"no run with id {run_id}", "list runs with `tomes runs`")
+        _reap(run)
         return {c.name: getattr(run, c.name) for c in Run.__table__.columns}
 
 
 def mark_running(run_id: str) -> None:
-    _update(run_id, status="running", error=None, finished_at=None)
+    """Take the run's lease for this process (a resume), or refuse if a live process
+    holds it. Compare-and-swap on the old owner, so of two resumers only one wins."""
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id}", "list runs with `tomes runs`")
+        if run.status == "running" and not _mine(run) and owner_alive(run):
+            raise _busy(run)
+        taken = s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.owner_pid.is_(run.owner_pid),
+                   Run.owner_host.is_(run.owner_host))
+            .values(status="running", error=None, finished_at=None, owner_pid=os.getpid(),
+                    owner_host=_HOST, heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if not taken:
+        raise _busy(_row(run_id))
+    _start_heartbeat(run_id)
+
+
+def _busy(run: Run) -> RunBusy:
+    return RunBusy(
+        f"run {run.id} is being worked on by process {run.owner_pid} on {run.owner_host}",
+        f"wait for it to finish (`tomes runs`), or stop that process (`kill {run.owner_pid}`) "
+        "and resume again",
+    )
+
+
+def _row(run_id: str) -> Run:
+    with session_scope() as s:
+        run = s.get(Run, run_id)
+        s.expunge(run)
+        return run
 
 
 def finish_run(run_id: str, answer: str, result: dict[str, Any]) -> None:
-    _update(run_id, status="done", answer=answer, result=result, error=None, finished_at=utcnow())
+    _release(run_id, status="done", answer=answer, result=result, error=None,
+             finished_at=utcnow())
 
 
 def fail_run(run_id: str, error: str) -> None:
-    _update(run_id, status="failed", error=error, finished_at=utcnow())
+    _release(run_id, status="failed", error=error, finished_at=utcnow())
 
 
-def _update(run_id: str, **values: Any) -> None:
+def interrupt_run(run_id: str) -> None:
+    """Stopped by the user (Ctrl-C, SIGTERM) or cancelled: resumable, not failed."""
+    _release(run_id, status="interrupted", error="interrupted", finished_at=utcnow())
+    _interrupted.append(run_id)
+
+
+def last_runs() -> list[str]:
+    """On a clean stop: the runs this process was cut off from, all marked interrupted
+    (those still held are released now), for the resume hint."""
+    with _owned_lock:
+        held = list(_owned)
+    for run_id in held:
+        interrupt_run(run_id)
+    return list(dict.fromkeys(_interrupted))
+
+
+def reap_runs() -> int:
+    """Mark runs whose owner is gone as interrupted; the number marked."""
+    with session_scope() as s:
+        running = s.scalars(select(Run).where(Run.status == "running")).all()
+        return sum(_reap(run) for run in running)
+
+
+def owner_alive(run: Run, now: datetime | None = None) -> bool:
+    if run.owner_pid is None:
+        return False  # made before leases existed, or released: nobody holds it
+    if run.owner_host == _HOST:
+        try:
+            os.kill(run.owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's live process
+        return True
+    beat = run.heartbeat_at or run.created_at
+    return (now or utcnow()) - beat < LEASE_TTL
+
+
+def _mine(run: Run) -> bool:
+    return run.owner_pid == os.getpid() and run.owner_host == _HOST
+
+
+def _reap(run: Run) -> bool:
+    if run.status != "running" or _mine(run) or owner_alive(run):
+        return False
+    run.status, run.error = "interrupted", "its process stopped before the run finished"
+    run.owner_pid = run.owner_host = None
+    return True
+
+
+def _release(run_id: str, **values: Any) -> None:
+    _stop_heartbeat(run_id)
     with session_scope() as s:
         run = s.get(Run, run_id)
         if run is not None:
             for key, value in values.items():
                 setattr(run, key, value)
+            run.owner_pid = run.owner_host = None
+
+
+def _start_heartbeat(run_id: str) -> None:
+    with _owned_lock:
+        if run_id in _owned:
+            return
+        stop = _owned[run_id] = threading.Event()
+    # The beat writes to this run's database: the caller's (possibly scoped) settings.
+    context = contextvars.copy_context()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                with session_scope() as s:
+                    run = s.get(Run, run_id)
+                    if run is None or not _mine(run):
+                        return
+                    run.heartbeat_at = utcnow()
+            except Exception:  # noqa: BLE001 - a missed beat only ages the lease
+                continue
+
+    threading.Thread(target=context.run, args=(beat,), name=f"tomes-lease-{run_id[:8]}",
+                     daemon=True).start()
+
+
+def _stop_heartbeat(run_id: str) -> None:
+    with _owned_lock:
+        stop = _owned.pop(run_id, None)
+    if stop is not None:
+        stop.set()
 
 
 @asynccontextmanager

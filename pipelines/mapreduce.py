@@ -559,7 +559,7 @@ async def _execute(job: MapReduce, run_id: str) -> Result:
             f"fix the cause, then continue with `tomes resume {run_id}` (finished work is kept)",
         ) from exc
     except BaseException:
-        _runs.fail_run(run_id, "interrupted")
+        _runs.interrupt_run(run_id)
         raise
     result = _result(job, run_id, final)
     _runs.finish_run(run_id, result.answer, result.to_dict())

@@ -21,8 +21,18 @@ from app.cli import documents, models, runs, search, ui  # noqa: E402,F401
 
 
 def main() -> None:
+    import signal
+
+    # SIGTERM stops as cleanly as Ctrl-C: runs are marked interrupted, finished work kept.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
+    except KeyboardInterrupt:  # click turns most into SystemExit(130) first
+        _interrupted()
+        sys.exit(130)
+    except SystemExit:
+        _interrupted()
+        raise
     except TomesError as exc:
         from rich.markup import escape
 
@@ -33,3 +43,24 @@ def main() -> None:
         if exc.fix:
             console_err.print(f"[yellow]fix:[/] {escape(exc.fix)}")
         sys.exit(1)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    """Runs cut off mid-way by Ctrl-C or SIGTERM: say how to carry on."""
+    from app.cli._output import console_err
+
+    for run_id in _stopped_runs():
+        console_err.print(f"run {run_id} is interrupted; finished work is kept. "
+                          f"Continue with `tomes resume {run_id}`")
+
+
+def _stopped_runs() -> list[str]:
+    if "pipelines._runs" not in sys.modules:
+        return []
+    from pipelines import _runs
+
+    return _runs.last_runs()

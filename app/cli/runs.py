@@ -96,14 +96,14 @@ def runs_cmd(
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=36)  # users copy it into `tomes resume`
-    for name, width in (("status", 7), ("pipeline", 9)):
+    for name, width in (("status", 11), ("pipeline", 9)):
         table.add_column(name, no_wrap=True, min_width=width)
     table.add_column("target", no_wrap=True, overflow="ellipsis", max_width=16)
     # Rich squeezes unwrappable columns to nothing when one row is too long: the last
     # column gets what the others leave, explicitly.
     rest = max(12, console.width - (36 + 7 + 9 + 16) - 2 * 5)
     table.add_column("question / answer", overflow="ellipsis", no_wrap=True, max_width=rest)
-    colour = {"done": "green", "failed": "red", "running": "yellow"}
+    colour = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "magenta"}
     for r in runs:
         text = r["question"] or ""
         if r["answer"]:
