@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from serving.base import (
     DEFAULT_REPEAT_PENALTY,
     Backend,
+    BackendError,
     ChatRequest,
     ChatResponse,
     ContextOverflowError,
@@ -82,6 +83,14 @@ def with_schema_instruction(messages: list[dict[str, str]], schema: dict[str, An
     else:
         out.insert(0, {"role": "system", "content": note})
     return out
+
+
+# An empty reply is asked again this many times before the call fails.
+EMPTY_REPLY_RETRIES = 2
+
+
+class EmptyReplyError(BackendError):
+    """The model answered with nothing (no text, or reasoning only)."""
 
 
 # Above this share of the window an approximate count is checked with the engine.
@@ -220,23 +229,39 @@ class LM:
             self._record(messages=short, response=None, error=f"ContextOverflowError: {exc}", **entry)
             raise
 
-        async with self._limit():
-            started = time.perf_counter()
-            try:
-                response = await self.backend.achat(request)
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    self._record(messages=messages, response=None,
-                                 latency_ms=(time.perf_counter() - started) * 1000,
-                                 error=f"{type(exc).__name__}: {exc}", **entry)
-                raise
-            latency = time.perf_counter() - started
-        response.latency_s = latency
-        response.call_id = self._record(
-            messages=messages, response=response.text, prompt_tokens=response.usage.prompt_tokens,
-            completion_tokens=response.usage.completion_tokens, latency_ms=latency * 1000, **entry,
+        for attempt in range(1 + EMPTY_REPLY_RETRIES):
+            async with self._limit():
+                started = time.perf_counter()
+                try:
+                    response = await self.backend.achat(request)
+                except BaseException as exc:
+                    if not isinstance(exc, asyncio.CancelledError):
+                        self._record(messages=messages, response=None,
+                                     latency_ms=(time.perf_counter() - started) * 1000,
+                                     error=f"{type(exc).__name__}: {exc}", **entry)
+                    raise
+                latency = time.perf_counter() - started
+            response.latency_s = latency
+            # An empty reply is a failed call: logged as one (never served from the
+            # cache), retried under the call that failed, then reported.
+            empty = not response.text.strip()
+            response.call_id = self._record(
+                messages=messages, response=response.text,
+                prompt_tokens=response.usage.prompt_tokens,
+                completion_tokens=response.usage.completion_tokens, latency_ms=latency * 1000,
+                error=f"EmptyReply: finish_reason={response.finish_reason}" if empty else None,
+                **entry,
+            )
+            if not empty:
+                return response
+            log.warning("%s returned an empty reply (attempt %d)", model, attempt + 1)
+            entry["parent_id"] = response.call_id
+        raise EmptyReplyError(
+            f"{model} returned an empty reply {1 + EMPTY_REPLY_RETRIES} times "
+            f"(finish reason: {response.finish_reason or 'none given'})",
+            "check the model server's log; a reasoning model may have spent max_tokens on "
+            "thinking (raise it), or choose another model (`tomes models`)",
         )
-        return response
 
     def _record(self, **values: Any) -> int | None:
         import sqlite3

@@ -73,3 +73,26 @@ def test_a_damaged_database_is_named_with_how_to_restore_it(tmp_path):
     assert str(db) in info.value.cause and "damaged" in info.value.cause
     assert "backup" in info.value.fix and "rebuilt" in info.value.fix
 
+
+
+def test_an_empty_reply_is_a_failed_call_retried_under_it_then_reported() -> None:
+    from app.store import Call, session_scope
+    from serving.backends.scripted import ScriptedBackend
+    from serving.lm import LM, EmptyReplyError
+
+    backend = ScriptedBackend(["", "  \n", "the answer"])
+    assert LM(backend).chat("q?").text == "the answer"
+    with session_scope() as s:
+        calls = s.query(Call).order_by(Call.id).all()
+        assert [c.error is not None for c in calls] == [True, True, False]
+        # Each retry nests under the call whose reply was empty.
+        assert [c.parent_id for c in calls] == [None, calls[0].id, calls[1].id]
+
+    silent = ScriptedBackend([""])
+    lm = LM(silent)
+    with pytest.raises(EmptyReplyError) as err:
+        lm.chat("other?")
+    assert "empty reply 3 times" in err.value.cause and err.value.fix
+    with pytest.raises(EmptyReplyError):
+        lm.chat("other?")  # never served from the cache: asked again
+    assert len(silent.requests) == 6

@@ -487,9 +487,9 @@ def test_sampled_and_empty_replies_are_not_replayed_from_the_cache():
     lm.chat("tell a story", temperature=0.8)
     again = lm.chat("tell a story", temperature=0.8)
     assert not again.cache_hit and again.text == "second"  # sampled: asked anew
-    lm.chat("say nothing")                                 # the reply is empty
-    third = lm.chat("say nothing")
+    third = lm.chat("say nothing")                         # empty, asked again
     assert not third.cache_hit and third.text == "third"   # an empty reply is never reused
+    assert lm.chat("say nothing").cache_hit                # the real reply is
 
 
 def test_the_cache_key_includes_the_endpoint():
