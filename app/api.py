@@ -176,6 +176,167 @@ class Tomes:
                 for call in rows
             ]
 
+    # --- reading documents and managing runs (what the UI shows) --------------------
+
+    @_scoped
+    def text(self, ref: str | int, start: int = 0, end: int | None = None) -> str:
+        """``document.text[start:end]`` without loading the whole book (the reader pages
+        through long documents with it)."""
+        if start < 0 or (end is not None and end < start):
+            raise TomesError(f"the span {start}-{end} is not a span of text",
+                             "give 0 <= start <= end")
+        with session_scope() as s:
+            doc = resolve_document(s, ref)
+            stop = doc.n_chars if end is None else min(end, doc.n_chars)
+            if start >= stop:
+                return ""
+            return s.scalar(select(func.substr(Document.text, start + 1, stop - start))
+                            .where(Document.id == doc.id)) or ""
+
+    @_scoped
+    def spans(self, ref: str | int) -> list[dict[str, Any]]:
+        """A document's chunks in order, without their text: id, ordinal, start, end,
+        page, tokens, heading."""
+        with session_scope() as s:
+            doc = resolve_document(s, ref)
+            rows = s.execute(
+                select(Chunk.id, Chunk.ordinal, Chunk.start, Chunk.end, Chunk.page,
+                       Chunk.n_tokens, Chunk.heading)
+                .where(Chunk.document_id == doc.id).order_by(Chunk.ordinal)
+            )
+            return [{"id": i, "ordinal": o, "start": a, "end": b, "page": p, "tokens": n,
+                     "heading": h} for i, o, a, b, p, n, h in rows]
+
+    @_scoped
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run: what ``runs()`` lists, plus its params, stored result, finish time
+        and the title of its target."""
+        from pipelines._runs import load_run
+
+        row = load_run(run_id)  # NotFound with advice; marks a dead owner's run interrupted
+        info = {k: row[k] for k in ("id", "pipeline", "target", "question", "status",
+                                    "answer", "error", "params", "result")}
+        info["created_at"] = row["created_at"].isoformat(timespec="seconds")
+        info["finished_at"] = (row["finished_at"].isoformat(timespec="seconds")
+                               if row["finished_at"] else None)
+        with session_scope() as s:
+            info["target_title"] = _target_titles(s, [row["target"]])[row["target"]]
+        return info
+
+    @_scoped
+    def run_list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Runs, newest first, with what a table of them needs: the target's title,
+        calls (backend requests), cache hits, tokens, model time and duration."""
+        from sqlalchemy import case
+
+        from app.store.models import utcnow
+        from pipelines._runs import reap_runs
+
+        reap_runs()
+        with session_scope() as s:
+            runs = list(s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+            fresh = case((Call.cache_hit.is_(False), 1), else_=0)
+            stats = {
+                run_id: (calls or 0, hits or 0, tokens or 0, latency or 0.0)
+                for run_id, calls, hits, tokens, latency in s.execute(
+                    select(Call.run_id, func.sum(fresh), func.sum(1 - fresh),
+                           func.sum((Call.prompt_tokens + Call.completion_tokens) * fresh),
+                           func.sum(Call.latency_ms * fresh))
+                    .where(Call.run_id.in_([r.id for r in runs])).group_by(Call.run_id)
+                )
+            }
+            titles = _target_titles(s, [r.target for r in runs])
+            now = utcnow()
+            out = []
+            for r in runs:
+                calls, hits, tokens, latency = stats.get(r.id, (0, 0, 0, 0.0))
+                info = _run_info(r)
+                info.update(
+                    target_title=titles[r.target], calls=int(calls), cache_hits=int(hits),
+                    tokens=int(tokens), model_ms=round(float(latency), 1),
+                    duration_s=round(((r.finished_at or now) - r.created_at).total_seconds(), 1),
+                    finished_at=r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
+                )
+                out.append(info)
+            return out
+
+    @_scoped
+    def delete_run(self, run_id: str) -> dict[str, Any]:
+        """Forget a run: its row, its model calls (and so their cached replies) and its
+        checkpoints. A run still being worked on is refused."""
+        import sqlite3
+
+        from sqlalchemy import update
+
+        from pipelines._runs import load_run
+
+        run = load_run(run_id)  # a dead owner's run is interrupted by now, not running
+        if run["status"] == "running":
+            raise TomesError(f"run {run_id} is still running",
+                             "wait for it to finish (or stop it), then delete it")
+        with session_scope() as s:
+            mine = select(Call.id).where(Call.run_id == run_id)
+            # A call of another run may nest under one of these: it becomes a root.
+            s.execute(update(Call).where(Call.parent_id.in_(mine), Call.run_id.is_not(run_id))
+                      .values(parent_id=None).execution_options(synchronize_session=False))
+            calls = s.execute(delete(Call).where(Call.run_id == run_id)).rowcount
+            s.execute(delete(Run).where(Run.id == run_id))
+        path = self.settings.checkpoint_path
+        if path.exists():
+            from langgraph.checkpoint.sqlite import SqliteSaver
+
+            conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+            try:
+                SqliteSaver(conn).delete_thread(run_id)
+            finally:
+                conn.close()
+        return {"run_id": run_id, "calls": int(calls or 0)}
+
+    def strategies(self) -> list[dict[str, Any]]:
+        """Every strategy ``ask`` offers (``pipelines.STRATEGIES``): name, a line about
+        it, and whether it can run here (a module may define ``unavailable(settings)``
+        returning why not; one that cannot be imported is unavailable with the error)."""
+        import importlib
+
+        out = []
+        for name, module_name in STRATEGIES.items():
+            entry: dict[str, Any] = {"name": name, "available": True, "reason": None,
+                                     "about": ""}
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:  # noqa: BLE001 - shown to the user as the reason
+                entry.update(available=False, reason=f"cannot be loaded ({type(exc).__name__}: {exc})")
+                out.append(entry)
+                continue
+            entry["about"] = ((module.__doc__ or "").strip().splitlines() or [""])[0]
+            check = getattr(module, "unavailable", None)
+            if callable(check):
+                reason = check(self.settings)
+                if reason:
+                    entry.update(available=False, reason=str(reason))
+            out.append(entry)
+        return out
+
+    @_scoped
+    def check_model(self, *, timeout: float = 30.0) -> dict[str, Any]:
+        """Whether the active backend answers: one tiny uncached prompt. Returns what
+        answered (backend, model, window, capacity), its reply and the latency; raises
+        the backend's TomesError (cause and fix) when it does not answer."""
+        import time
+
+        from serving import get_lm
+
+        with _settings.override(request_timeout=min(timeout, self.settings.request_timeout)):
+            lm = get_lm()
+            started = time.perf_counter()
+            response = lm.chat("Reply with the word OK.", max_tokens=8, temperature=0.0,
+                               node="check", cache=False)
+            latency = (time.perf_counter() - started) * 1000
+            info = lm.describe()
+        info.update(reply=response.text, latency_ms=round(latency, 1),
+                    base_url=getattr(lm.backend, "base_url", None))
+        return info
+
     # --- pipelines -------------------------------------------------------------------
 
     @_scoped
@@ -209,11 +370,17 @@ class Tomes:
         return module.ask(target, question, on_event=on_event, run_id=run_id, **options)
 
     @_scoped
-    def resume(self, run_id: str, *, on_event: OnEvent = ignore) -> Result:
-        """Continue a stopped run from its checkpoint (a finished run returns its result)."""
+    def resume(self, run_id: str, *, on_event: OnEvent = ignore, backend: str | None = None,
+               model: str | None = None, base_url: str | None = None) -> Result:
+        """Continue a stopped run from its checkpoint (a finished run returns its result),
+        on the backend, model and endpoint it started with; those given here or to
+        ``Tomes(...)`` replace them."""
         from pipelines import resume
 
-        return resume(run_id, on_event=on_event)
+        named = {k: self._changes.get(k) for k in ("backend", "model", "base_url")}
+        given = {"backend": backend, "model": model, "base_url": base_url}
+        serving = named | {k: v for k, v in given.items() if v}
+        return resume(run_id, on_event=on_event, serving=serving)
 
     # --- models ----------------------------------------------------------------------
 
@@ -318,3 +485,20 @@ def _run_info(run: Run) -> dict[str, Any]:
         "created_at": run.created_at.isoformat(timespec="seconds"),
     }
 
+
+
+def _target_titles(session: Any, targets: Sequence[str]) -> dict[str, str]:
+    """What a run's target (``doc:12``, ``corpus:books``) is called, for people."""
+    ids = {int(t[4:]) for t in targets if t.startswith("doc:") and t[4:].isdigit()}
+    rows = session.execute(select(Document.id, Document.title).where(Document.id.in_(ids))) if ids else []
+    titles = {doc_id: title for doc_id, title in rows}
+    out = {}
+    for t in targets:
+        kind, _, key = t.partition(":")
+        if kind == "doc" and key.isdigit():
+            out[t] = titles.get(int(key), f"document {key} (removed)")
+        elif kind == "corpus":
+            out[t] = f"corpus {key}"
+        else:
+            out[t] = t
+    return out

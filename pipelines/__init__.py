@@ -13,7 +13,8 @@ from pipelines.result import Provenance, Result
 
 # Strategies ``ask`` accepts, by name -> the module that runs them. Each module has
 # ``ask(target, question, *, on_event, run_id, **options) -> Result`` and
-# ``resume(run_id, *, on_event) -> Result``; options a strategy does not know are refused
+# ``resume(run_id, *, on_event, lm=None) -> Result`` (``lm``: the run's own model, found by
+# ``pipelines._runs.lm_for_run``; runs save ``_runs.serving_of(lm)`` in their params); options a strategy does not know are refused
 # by it with a TomesError.
 STRATEGIES: dict[str, str] = {
     "mapreduce": "pipelines.mapreduce",
@@ -37,15 +38,21 @@ def overflow_advice(running: str | None = None) -> str:
     return ("read the text in pieces: " + " or ".join(ways)) if ways else ""
 
 
-def resume(run_id: str, *, on_event: OnEvent = ignore) -> Result:
-    """Continue a run with the pipeline that started it."""
-    from pipelines._runs import load_run
+def resume(run_id: str, *, on_event: OnEvent = ignore,
+           serving: dict[str, str | None] | None = None) -> Result:
+    """Continue a run with the pipeline that started it, on the model it started with
+    (``serving``: backend/model/base_url named explicitly instead)."""
+    from pipelines._runs import lm_for_run, load_run
 
-    pipeline = load_run(run_id)["pipeline"]
+    run = load_run(run_id)
+    pipeline = run["pipeline"]
     if pipeline not in STRATEGIES:
         raise TomesError(f"run {run_id} was made by {pipeline!r}, which cannot resume runs",
                          "start it again")
-    return strategy_module(pipeline).resume(run_id, on_event=on_event)
+    if run["status"] == "done" and run["result"]:
+        return Result.from_dict(run["result"])  # needs no model, reachable or not
+    lm = lm_for_run(run, serving)
+    return strategy_module(pipeline).resume(run_id, on_event=on_event, lm=lm)
 
 
 __all__ = ["STRATEGIES", "Provenance", "Result", "overflow_advice", "resume", "strategy_module"]

@@ -216,3 +216,56 @@ async def checkpointer() -> AsyncIterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
         yield saver
+
+
+# --- the run's model -----------------------------------------------------------------
+
+SERVING_KEYS = ("backend", "model", "base_url")
+
+
+def serving_of(lm: Any) -> dict[str, Any]:
+    """What a resume needs to find the same model again: saved in the run's params."""
+    backend = lm.backend
+    return {"backend": backend.name, "model": lm.model,
+            "base_url": getattr(backend, "base_url", None), "context_window": lm.context_window}
+
+
+def lm_for_run(run: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+    """The LM a resumed run continues on: the backend, model and endpoint it started with
+    (today's settings are not the run's), unless the caller names others explicitly.
+
+    Its pieces were planned for the window it started with, so a model with a smaller
+    window is refused rather than left to overflow and advise resuming again."""
+    from serving.lm import get_lm
+
+    params = run.get("params") or {}
+    saved = {k: params.get(k) for k in SERVING_KEYS if params.get(k)}
+    overrides = {k: v for k, v in (overrides or {}).items() if v}
+    wanted = saved | overrides
+    if wanted.get("backend") != saved.get("backend") and "model" not in overrides:
+        wanted.pop("model", None)  # another backend: its own default model
+    described = " ".join(
+        f"{k} {wanted[k]}" for k in SERVING_KEYS if wanted.get(k)) or "the default model"
+    flags = "--backend NAME --model MODEL --base-url URL"
+    try:
+        from app.settings import override
+
+        with override(**wanted):
+            lm = get_lm()
+            lm.backend.check()  # an unreachable server fails here, not mid-run
+            window = lm.context_window
+    except TomesError as exc:
+        raise TomesError(
+            f"run {run['id']} continues on {described}, which is not available: {exc.cause}",
+            (f"{exc.fix}; " if exc.fix else "make it available; ")
+            + f"or continue on another with `tomes resume {run['id']} {flags}`",
+        ) from exc
+    planned = params.get("context_window")
+    if planned and window < planned:
+        raise TomesError(
+            f"run {run['id']} was planned for a {planned:,}-token window "
+            f"({saved.get('backend')} {saved.get('model')}); {described} has {window:,}",
+            f"resume it on a model with at least that window "
+            f"(`tomes resume {run['id']} {flags}`), or start the run again to re-plan it",
+        )
+    return lm

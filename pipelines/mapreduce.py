@@ -501,7 +501,7 @@ async def arun(
                     map_tokens=map_tokens, on_event=on_event)  # validates the options
     job.map_budget()  # a window too small for any text fails here, before the Run exists
     params = {"mode": mode, "length": length, "style": style, "map_tokens": job.map_tokens,
-              "backend": lm.backend.name, "model": lm.model}
+              **_runs.serving_of(lm)}
     run_id = _runs.create_run(run_id, PIPELINE, env.target.label, job.question, params)
     return await _execute(job, run_id)
 
@@ -514,7 +514,7 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     if run["status"] == "done" and run["result"]:
         return Result.from_dict(run["result"])
     params = run["params"] or {}
-    lm = lm or get_lm()
+    lm = lm or _runs.lm_for_run(run)
     env = Environment.load(run["target"], lm=lm)
     job = MapReduce(env, lm, mode=params.get("mode", "summary"), question=run["question"],
                     length=params.get("length", "medium"), style=params.get("style"),

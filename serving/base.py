@@ -189,6 +189,10 @@ class Backend(ABC):
         """Learn what the engine knows best (served model, window) before the first
         call, without blocking the event loop; called by LM before every call."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Reach the engine now, raising a BackendError naming what is wrong, so work
+        that cannot go on (a resume) fails before it starts rather than mid-run."""
+
     async def acount_prompt(self, messages: list[dict[str, str]]) -> int | None:
         """The exact prompt size from the engine, when it can tell cheaply; None if not."""
         return None

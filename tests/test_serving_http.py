@@ -31,6 +31,7 @@ class FakeVLLM:
         self.headers: list[dict] = []
         self.tokenize_count: int | None = None
         self.tokenize_calls = 0
+        self.models_reply: tuple[int, str, bytes] | None = None  # status, content type, body
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -56,7 +57,14 @@ class FakeVLLM:
                     pass
 
             def do_GET(self):
-                if self.path == "/v1/models":
+                if self.path == "/v1/models" and fake.models_reply:
+                    code, kind, body = fake.models_reply
+                    self.send_response(code)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.path == "/v1/models":
                     self._send(200, {"object": "list", "data": [
                         {"id": fake.model, "object": "model", "max_model_len": fake.max_model_len}]})
                 elif self.path == "/health":
@@ -235,6 +243,22 @@ def test_unreachable_server_names_the_url_and_how_to_start_one():
     assert url in info.value.cause and "cannot reach" in info.value.cause
     assert "tomes serve vllm --preset" in info.value.fix
     assert b.retried == 2
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ((200, "text/html", b"<html><body>Welcome to nginx!</body></html>"), "not an OpenAI model list"),
+    ((200, "application/json", b'{"models": ["m"]}'), "not an OpenAI model list"),
+    ((500, "text/plain", b"Internal Server Error"), "HTTP 500"),
+])
+def test_a_models_listing_that_is_not_one_is_named_not_guessed_around(vllm, reply, expected):
+    vllm.models_reply = reply
+    with pytest.raises(BackendError) as info:  # no model named: nothing to call without it
+        get_lm(backend(vllm, retries=0)).chat("anyone?")
+    assert expected in info.value.cause and vllm.base_url in info.value.cause
+    assert "/v1" in info.value.fix or "log" in info.value.fix
+    assert vllm.chat_requests() == 0
+    with pytest.raises(BackendError, match=expected):  # what a resume checks first
+        backend(vllm, model="served/model").check()
 
 
 def test_concurrency_is_capped_at_the_backend_capacity(vllm):

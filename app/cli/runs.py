@@ -72,12 +72,16 @@ def ask_cmd(
 @app.command("resume")
 def resume_cmd(
     run_id: str = typer.Argument(..., help="Run id (from `tomes runs`)."),
-    backend: str = BackendOpt,
+    backend: str = typer.Option(None, "--backend", "-b",
+                                help="Continue on this backend (default: the run's own)."),
+    model: str = typer.Option(None, "--model", "-m", help="Continue on this model (default: the run's own)."),
+    base_url: str = typer.Option(None, "--base-url", help="Continue on this endpoint (default: the run's own)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Continue a stopped run; work already done is not repeated."""
+    """Continue a stopped run on the model it started with; work already done is not repeated."""
     with progress(not as_json) as on_event:
-        result = Tomes(backend=backend).resume(run_id, on_event=on_event)
+        result = Tomes().resume(run_id, on_event=on_event, backend=backend, model=model,
+                                base_url=base_url)
     _show(result, as_json)
 
 

@@ -137,8 +137,38 @@ class OpenAIBackend(Backend):
             if quiet:
                 return
             raise self._unreachable(exc) from exc
-        if r.status_code == 200:
-            self._take_info(r.json())
+        try:
+            self._take_info(self._models_payload(r))
+        except BackendError:
+            if not quiet:
+                raise
+
+    def _models_payload(self, r: httpx.Response) -> Any:
+        """The /models listing, or an error saying what answered instead (a web page, a
+        proxy's error, a server that is not OpenAI-compatible)."""
+        where = f"{self.base_url}/models"
+        if r.status_code in (401, 403):
+            raise BackendError(f"the server at {self.base_url} refused the API key (HTTP {r.status_code})",
+                               f"set {self.api_key_env} to a key it accepts")
+        if r.status_code != 200:
+            raise BackendError(
+                f"the server at {where} answered HTTP {r.status_code}: {r.text[:120]!r}",
+                "check the server's log; " + START_HINT, retryable=r.status_code >= 500)
+        try:
+            payload = r.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            raise BackendError(
+                f"{where} answered with something that is not an OpenAI model list "
+                f"(it starts {r.text[:60]!r})",
+                "point TOMES_BASE_URL at the OpenAI-compatible API, which usually ends in /v1 "
+                "(e.g. http://127.0.0.1:8000/v1)")
+        return payload
+
+    def check(self) -> None:
+        self._fetch_info_sync(quiet=False)
+        self.model  # noqa: B018 - raises when the server lists none and none was named
 
     async def aprepare(self) -> None:
         """Ask the server (once) which model it serves and its max_model_len."""
@@ -152,11 +182,12 @@ class OpenAIBackend(Backend):
                 self._prepared = False
                 raise self._unreachable(exc) from exc
             return  # the chat call itself retries and reports
-        if r.status_code == 200:
-            try:
-                self._take_info(r.json())
-            except ValueError:
-                pass
+        try:
+            self._take_info(self._models_payload(r))
+        except BackendError:
+            if self._model is None:  # nothing to call without it: say what answered
+                self._prepared = False
+                raise
 
     def _client(self) -> httpx.AsyncClient:
         # An AsyncClient belongs to the loop it was first used on; the sync wrappers
