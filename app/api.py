@@ -19,7 +19,7 @@ from sqlalchemy.orm import defer
 from app import settings as _settings
 from app.errors import NotFound, TomesError
 from app.events import OnEvent, ignore
-from app.ingest.service import IngestReport, ingest
+from app.ingest.service import IngestReport, ingest, read_warnings
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
 from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
@@ -56,7 +56,17 @@ class Tomes:
         self, paths: Sequence[str | Path], corpus: str = "default", *,
         embed: bool | None = None, on_event: OnEvent = ignore,
     ) -> IngestReport:
-        return ingest([Path(p) for p in paths], corpus, embed=embed, on_event=on_event)
+        """Read files into a corpus, then embed and index what was stored (``embed``;
+        default: ``settings.embed_on_ingest``)."""
+        from serving.tokenizers import active_tokenizer
+
+        report = ingest([Path(p) for p in paths], corpus, tokenizer=active_tokenizer(),
+                        on_event=on_event)
+        if embed if embed is not None else _settings.get_settings().embed_on_ingest:
+            from retrieval import sync_corpus
+
+            report.embedded = sync_corpus(corpus, on_event=on_event)
+        return report
 
     @_scoped
     def documents(self, corpus: str | None = None) -> list[dict[str, Any]]:
@@ -81,7 +91,10 @@ class Tomes:
         with session_scope() as s:
             doc = resolve_document(s, ref)
             info = _doc_info(doc, doc.corpus.name, len(doc.chunks), sum(c.n_tokens for c in doc.chunks))
-            info["meta"] = doc.meta
+            info["meta"] = meta = doc.meta or {}
+            if doc.page_starts:
+                info["pages_without_text"] = len(meta.get("pages_without_text") or [])
+            info["warnings"] = read_warnings(doc.source, meta)
             if with_chunks:
                 info["chunks"] = [
                     {"id": c.id, "ordinal": c.ordinal, "start": c.start, "end": c.end,
@@ -168,9 +181,16 @@ class Tomes:
             return [_run_info(r) for r in rows]
 
     @_scoped
-    def calls(self, run_id: str) -> list[dict[str, Any]]:
+    def calls(self, run_id: str, *, steps: bool = False) -> list[dict[str, Any]]:
+        """A run's model calls in order, each a full call-log row; ``steps`` adds the
+        pipeline steps they sit under (``call_tree`` shows both as a tree)."""
+        from serving.calllog import STEP
+
+        query = select(Call).where(Call.run_id == run_id).order_by(Call.id)
+        if not steps:
+            query = query.where(Call.backend != STEP)
         with session_scope() as s:
-            rows = s.scalars(select(Call).where(Call.run_id == run_id).order_by(Call.id))
+            rows = s.scalars(query)
             return [
                 {c.name: getattr(call, c.name) for c in Call.__table__.columns}
                 for call in rows
@@ -231,6 +251,7 @@ class Tomes:
 
         from app.store.models import utcnow
         from pipelines._runs import reap_runs
+        from serving.calllog import STEP
 
         reap_runs()
         with session_scope() as s:
@@ -242,7 +263,8 @@ class Tomes:
                     select(Call.run_id, func.sum(fresh), func.sum(1 - fresh),
                            func.sum((Call.prompt_tokens + Call.completion_tokens) * fresh),
                            func.sum(Call.latency_ms * fresh))
-                    .where(Call.run_id.in_([r.id for r in runs])).group_by(Call.run_id)
+                    .where(Call.run_id.in_([r.id for r in runs]), Call.backend != STEP)
+                    .group_by(Call.run_id)
                 )
             }
             titles = _target_titles(s, [r.target for r in runs])
@@ -269,6 +291,7 @@ class Tomes:
         from sqlalchemy import update
 
         from pipelines._runs import load_run
+        from serving.calllog import STEP
 
         run = load_run(run_id)  # a dead owner's run is interrupted by now, not running
         if run["status"] == "running":
@@ -279,7 +302,9 @@ class Tomes:
             # A call of another run may nest under one of these: it becomes a root.
             s.execute(update(Call).where(Call.parent_id.in_(mine), Call.run_id.is_not(run_id))
                       .values(parent_id=None).execution_options(synchronize_session=False))
-            calls = s.execute(delete(Call).where(Call.run_id == run_id)).rowcount
+            calls = s.scalar(select(func.count()).select_from(Call)
+                             .where(Call.run_id == run_id, Call.backend != STEP))
+            s.execute(delete(Call).where(Call.run_id == run_id))  # its steps too
             s.execute(delete(Run).where(Run.id == run_id))
         path = self.settings.checkpoint_path
         if path.exists():

@@ -28,7 +28,7 @@ from pipelines._structured import ParseError, parse_object, text_field
 from pipelines.environment import ChunkRecord, Environment
 from pipelines.result import Result
 from serving.base import ChatResponse
-from serving.lm import LM, get_lm, run_scope, run_sync, with_schema_instruction
+from serving.lm import LM, get_lm, parent_scope, run_scope, run_sync, with_schema_instruction
 
 PIPELINE = "mapreduce"
 MODES = ("qa", "summary")
@@ -78,6 +78,7 @@ class State(TypedDict, total=False):
     style: str | None
     pieces: list[Piece]
     direct: bool  # the whole target fits one call: no map, no collapse
+    map_step: int | None  # the call-tree row the map calls sit under
     mapped: Annotated[list[Record], operator.add]
     notes: list[Record]
     level: int
@@ -85,11 +86,15 @@ class State(TypedDict, total=False):
     answer: str
     cited: list[int]
     usage: Annotated[Usage, _add_usage]
+    # Where a reply could not be used as asked and something else stood in: said in the
+    # result's details, never silent.
+    fallbacks: Annotated[list[str], operator.add]
 
 
 class MapTask(TypedDict):
     piece: Piece
     total: int
+    step: int | None
 
 
 # --- the graph -------------------------------------------------------------------------
@@ -210,7 +215,8 @@ class MapReduce:
         # The echoed reply is cut so the retry fits wherever the first call did.
         spare = self.lm.context_window - max_tokens - _SAFETY - self._prompt_tokens(retry[:2] + retry[3:], schema)
         retry[2]["content"] = B.truncate(first.text, max(0, min(spare, 200)), self._tokens) or "{"
-        second = await self._call(retry, node=node, max_tokens=max_tokens, schema=schema, usage=usage)
+        with parent_scope(first.call_id):  # the retry sits under the call it repairs
+            second = await self._call(retry, node=node, max_tokens=max_tokens, schema=schema, usage=usage)
         try:
             return parse_object(second.text), second.text, "retry"
         except ParseError:
@@ -247,7 +253,8 @@ class MapReduce:
         if self.map_tokens != 0 and len(pieces) == 1 and self._fits_direct(pieces[0], limit):
             return {"pieces": pieces, "direct": True}
         self.on_event(Event("map", 0, len(pieces), message="mapping chunks"))
-        return {"pieces": pieces, "direct": False}
+        step = self.lm.begin_step("map", f"map {len(pieces)} pieces")
+        return {"pieces": pieces, "direct": False, "map_step": step}
 
     def _fits_direct(self, piece: Piece, limit: int) -> bool:
         """The whole target fits one map call and one answer prompt: reading it in one
@@ -269,19 +276,31 @@ class MapReduce:
         if state.get("direct"):
             return ["direct"]
         pieces = state["pieces"]
-        return [Send("map", MapTask(piece=p, total=len(pieces))) for p in pieces]
+        step = state.get("map_step")
+        return [Send("map", MapTask(piece=p, total=len(pieces), step=step)) for p in pieces]
 
     async def direct(self, state: State) -> dict[str, Any]:
         ids = state["pieces"][0]["chunk_ids"]
         text = self._joined(ids)
         self.on_event(Event("reduce", 0, 1, message="the text fits one call"))
         usage: Usage = {}
+        fallbacks: list[str] = []
+        with self.lm.step("direct", "read in one call"):
+            answer, cited = await self._direct(ids, text, usage, fallbacks)
+        self.on_event(Event("reduce", 1, 1, message="done"))
+        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks}
+
+    async def _direct(self, ids: list[int], text: str, usage: Usage,
+                      fallbacks: list[str]) -> tuple[str, list[int]]:
         if self.mode == "qa":
             obj, raw, _how = await self._structured(
                 P.SYSTEM_DIRECT, P.direct_qa_prompt(text, self.question), node="direct",
                 schema=P.DIRECT_SCHEMA, max_tokens=self._reduce_max, usage=usage,
             )
             answer = text_field((obj or {}).get("answer")) if obj else text_field(raw, 1500)
+            if obj is None:
+                fallbacks.append("direct: the reply was not the JSON asked for, even after a "
+                                 "retry; its text is the answer")
             if not _usable(answer):
                 answer, cited = NO_ANSWER, []
             else:
@@ -295,8 +314,7 @@ class MapReduce:
             response = await self._call(messages, node="direct", max_tokens=self._reduce_max,
                                         schema=None, usage=usage)
             answer, cited = R.dedupe_sentences(response.text.strip()), list(ids)
-        self.on_event(Event("reduce", 1, 1, message="done"))
-        return {"answer": answer, "cited": cited, "usage": usage}
+        return answer, cited
 
     async def map(self, task: MapTask) -> dict[str, Any]:
         piece = task["piece"]
@@ -304,10 +322,11 @@ class MapReduce:
         text = self._joined(ids)[piece["start"]:piece["end"]]
         part = f" (part {piece['part'] + 1} of {piece['parts']})" if piece["parts"] > 1 else ""
         usage: Usage = {}
-        obj, raw, how = await self._structured(
-            P.SYSTEM_MAP, P.map_prompt(self.mode, text, self.question, part), node="map",
-            schema=P.RECORD_SCHEMA, max_tokens=P.RECORD_MAX_TOKENS, usage=usage,
-        )
+        with parent_scope(task.get("step")):
+            obj, raw, how = await self._structured(
+                P.SYSTEM_MAP, P.map_prompt(self.mode, text, self.question, part), node="map",
+                schema=P.RECORD_SCHEMA, max_tokens=P.RECORD_MAX_TOKENS, usage=usage,
+            )
         record = R.build_record(obj, raw, how, list(ids), piece["index"], self.mode, source=text)
         self.mapped_count += 1
         label = f"chunk {ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
@@ -317,6 +336,7 @@ class MapReduce:
         return {"mapped": [record], "usage": usage}
 
     def collect(self, state: State) -> dict[str, Any]:
+        self.lm.end_step(state.get("map_step"))
         records = state.get("mapped", [])
         kept = self._order([r for r in records if not r["no_info"]])
         return {"notes": kept, "level": 0, "dropped": len(records) - len(kept)}
@@ -355,8 +375,13 @@ class MapReduce:
             self.on_event(Event("collapse", done, len(groups), message=f"level {level}"))
             return merged
 
-        merged = await asyncio.gather(*(merge(g) for g in groups))
-        return {"notes": self._order(list(merged)), "level": level, "usage": usage}
+        with self.lm.step("collapse", f"collapse level {level}: {len(notes)} notes"):
+            merged = await asyncio.gather(*(merge(g) for g in groups))
+        raw = sum(1 for m in merged if m["parsed"] == "fallback")
+        fallbacks = [f"collapse level {level}: {raw} merge replies were not the JSON asked for; "
+                     "their raw text became the merged notes"] if raw else []
+        return {"notes": self._order(list(merged)), "level": level, "usage": usage,
+                "fallbacks": fallbacks}
 
     async def reduce(self, state: State) -> dict[str, Any]:
         notes = state.get("notes", [])
@@ -368,14 +393,17 @@ class MapReduce:
             return {"answer": answer, "cited": [], "usage": usage}
         budget = self.reduce_budget()
         notes = B.keep_within(notes, budget, self._render_one, self._tokens)
-        if self.mode == "qa":
-            answer, cited = await self._reduce_qa(notes, usage)
-        else:
-            answer, cited = await self._reduce_summary(notes, usage)
+        fallbacks: list[str] = []
+        with self.lm.step("reduce", f"reduce {len(notes)} notes"):
+            if self.mode == "qa":
+                answer, cited = await self._reduce_qa(notes, usage, fallbacks)
+            else:
+                answer, cited = await self._reduce_summary(notes, usage, fallbacks)
         self.on_event(Event("reduce", 1, 1, message="done"))
-        return {"answer": answer, "cited": cited, "usage": usage}
+        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks}
 
-    async def _reduce_qa(self, notes: list[Record], usage: Usage) -> tuple[str, list[int]]:
+    async def _reduce_qa(self, notes: list[Record], usage: Usage,
+                         fallbacks: list[str]) -> tuple[str, list[int]]:
         obj, _raw, _how = await self._structured(
             P.SYSTEM_MERGE, P.reduce_qa_prompt(self._render(notes), self.question), node="reduce",
             schema=P.ANSWER_SCHEMA, max_tokens=self._reduce_max, usage=usage,
@@ -384,6 +412,11 @@ class MapReduce:
         answer = text_field((obj or {}).get("answer"))
         if not _usable(answer):
             # The reduce said nothing usable: the most confident note answers.
+            fallbacks.append(
+                "reduce: the final answer came back " + ("empty or unparsed" if not answer else
+                                                         f"as {answer[:60]!r}")
+                + f"; the most confident note (chunk {best['chunk_ids'][0]}, confidence "
+                f"{best['confidence']:.0f}) answers instead")
             return best["answer"] or best["extracted"], list(best["chunk_ids"])
         cited: list[int] = []
         for n in R.ints((obj or {}).get("notes")):
@@ -401,7 +434,8 @@ class MapReduce:
             cited = R.supporting_chunks(self.env, cited, f"{answer} {why}", most=5) or cited
         return answer, cited
 
-    async def _reduce_summary(self, notes: list[Record], usage: Usage) -> tuple[str, list[int]]:
+    async def _reduce_summary(self, notes: list[Record], usage: Usage,
+                              fallbacks: list[str]) -> tuple[str, list[int]]:
         ordered = sorted(notes, key=lambda n: n["position"])
         messages = [
             {"role": "system", "content": P.SYSTEM_SUMMARY},
@@ -411,6 +445,8 @@ class MapReduce:
                                     schema=None, usage=usage)
         answer = R.dedupe_sentences(response.text.strip())
         if len(answer) < 20:
+            fallbacks.append(f"reduce: the summary came back as {answer!r}, too short to be one; "
+                             f"the {len(ordered)} notes, joined, are the summary instead")
             answer = R.dedupe_sentences(" ".join(n["answer"] or n["extracted"] for n in ordered))
         cited: list[int] = []
         for note in ordered:
@@ -572,6 +608,10 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
     parsed: dict[str, int] = {}
     for rec in mapped:
         parsed[rec["parsed"]] = parsed.get(rec["parsed"], 0) + 1
+    fallbacks = list(final.get("fallbacks", []))
+    if parsed.get("fallback"):
+        fallbacks.insert(0, f"map: {parsed['fallback']} of {len(mapped)} replies were not the "
+                            "JSON asked for, even after a retry; their raw text became the notes")
     return Result(
         answer=final.get("answer", ""),
         provenance=R.provenance(job.env, final.get("cited", []), mapped,
@@ -589,5 +629,6 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
             "mapped": len(mapped), "dropped": final.get("dropped", 0),
             "collapse_levels": final.get("level", 0), "parsed": parsed,
             "backend": job.lm.backend.name, "model": job.lm.model,
+            "fallbacks": fallbacks,
         },
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from app.errors import TomesError
+from app.tokens import ApproxTokenizer, Tokenizer  # noqa: F401 - re-exported: serving's API
 
 # Repetition control: small models loop on a sentence without it. 1.1 over the last
 # 128 tokens stops the loops seen with SmolLM2 without garbling names it must repeat.
@@ -92,30 +93,6 @@ def parse_json_loosely(text: str) -> Any | None:
         return value
     except ValueError:
         return None
-
-
-class Tokenizer(Protocol):
-    name: str
-
-    def count(self, text: str) -> int: ...
-
-    def count_many(self, texts: list[str]) -> list[int]: ...
-
-
-class ApproxTokenizer:
-    """A cheap stand-in when no model tokenizer is chosen: words and punctuation
-    marks, each long word counted as several pieces the way BPE splits them."""
-
-    name = "approx"
-    approximate = True
-    _pieces = re.compile(r"\w{1,6}|[^\w\s]")
-
-    def count(self, text: str) -> int:
-        return len(self._pieces.findall(text))
-
-    def count_many(self, texts: list[str]) -> list[int]:
-        findall = self._pieces.findall
-        return [len(findall(t)) for t in texts]
 
 
 class BackendError(TomesError, RuntimeError):

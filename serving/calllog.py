@@ -23,6 +23,11 @@ from app.store.models import utcnow
 
 _calls = Call.__table__
 
+# A pipeline step (a graph node: the map phase, one collapse level, the reduce) is a row
+# too, with this as its backend and no messages, so the calls it caused sit under it in
+# the tree. It asks no model: counts of calls and tokens leave steps out.
+STEP = "step"
+
 
 def cache_key(backend: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
     payload = json.dumps(
@@ -93,6 +98,26 @@ def record(
     return int(call_id)
 
 
+def record_step(*, run_id: str | None, parent_id: int | None, node: str, label: str,
+                db_path: Path | None = None) -> int:
+    return record(run_id=run_id, parent_id=parent_id, node=node, backend=STEP, model=label,
+                  messages=[], params={}, response=None, db_path=db_path)
+
+
+def finish_step(step_id: int, db_path: Path | None = None) -> None:
+    """The step's wall time, from its start (a step may end in another process, after a
+    resume)."""
+    conn = open_store(db_path).raw_connection()
+    try:
+        conn.cursor().execute(
+            "UPDATE calls SET latency_ms = (julianday(?) - julianday(created_at)) * 86400000.0 "
+            "WHERE id = ? AND backend = ?",
+            (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), step_id, STEP))
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def _preview(text: str | None, width: int = 80) -> str:
     flat = " ".join((text or "").split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -112,7 +137,7 @@ def call_tree(run_id: str, db_path: Path | None = None) -> list[dict[str, Any]]:
             "backend": row["backend"], "model": row["model"],
             "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
             "latency_ms": round(row["latency_ms"], 2), "cache_hit": row["cache_hit"],
-            "error": row["error"],
+            "error": row["error"], "step": row["backend"] == STEP,
             "preview": _preview(row["error"] if row["error"] else row["response"]),
             "prompt_preview": _preview(_last_user(row["messages"])),
             "created_at": row["created_at"].isoformat(timespec="seconds") if row["created_at"] else None,
@@ -132,13 +157,18 @@ def _last_user(messages: list[dict[str, str]] | None) -> str:
 
 
 def summarize_tree(roots: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over a call tree: calls, cache hits, errors, tokens, model time."""
+    """Totals over a call tree: calls, cache hits, errors, tokens, model time (steps are
+    counted apart), and how deep it goes."""
     totals = {"calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0,
-              "completion_tokens": 0, "latency_ms": 0.0}
-    stack = list(roots)
+              "completion_tokens": 0, "latency_ms": 0.0, "steps": 0, "depth": 0}
+    stack = [(n, 1) for n in roots]
     while stack:
-        n = stack.pop()
-        stack.extend(n["children"])
+        n, depth = stack.pop()
+        stack.extend((c, depth + 1) for c in n["children"])
+        totals["depth"] = max(totals["depth"], depth)
+        if n.get("step"):
+            totals["steps"] += 1
+            continue
         totals["calls"] += 1
         totals["cache_hits"] += int(bool(n["cache_hit"]))
         totals["errors"] += int(bool(n["error"]))

@@ -277,6 +277,37 @@ class LM:
             log.warning("could not record a model call: %s", exc)
             return None
 
+    def begin_step(self, node: str, label: str | None = None) -> int | None:
+        """Open a pipeline step under the current parent; calls made under
+        ``parent_scope(step)`` sit under it in the run's call tree."""
+        from serving import calllog
+
+        try:
+            return calllog.record_step(run_id=current_run.get(), parent_id=current_parent.get(),
+                                       node=node, label=label or node, db_path=self.db_path)
+        except Exception as exc:  # noqa: BLE001 - the tree is a view; the run goes on
+            log.warning("could not record a step: %s", exc)
+            return None
+
+    def end_step(self, step_id: int | None) -> None:
+        from serving import calllog
+
+        if step_id is not None:
+            try:
+                calllog.finish_step(step_id, self.db_path)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not finish a step: %s", exc)
+
+    @contextmanager
+    def step(self, node: str, label: str | None = None) -> Iterator[int | None]:
+        """A step around a block: its calls (and tasks it starts) nest under it."""
+        step_id = self.begin_step(node, label)
+        try:
+            with parent_scope(step_id if step_id is not None else current_parent.get()):
+                yield step_id
+        finally:
+            self.end_step(step_id)
+
     async def abatch(
         self, prompts: list[Messages], *, return_exceptions: bool = False, **kwargs: Any
     ) -> list[Any]:

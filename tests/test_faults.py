@@ -96,3 +96,72 @@ def test_an_empty_reply_is_a_failed_call_retried_under_it_then_reported() -> Non
     with pytest.raises(EmptyReplyError):
         lm.chat("other?")  # never served from the cache: asked again
     assert len(silent.requests) == 6
+
+
+# --- text that is not quite what it claims ------------------------------------------
+
+BOOK = ("“It was the best of times,” she said — naïvely, as ever. " * 40).encode("utf-8")
+
+
+def test_a_utf8_book_with_a_few_bad_bytes_stays_utf8_and_says_where(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    raw = bytearray(BOOK)
+    bad_at = [raw.index(b" ", at) for at in (100, 1500, 2500)]  # ASCII bytes: one bad byte each
+    for offset in bad_at:
+        raw[offset] = 0xFF  # never valid in UTF-8
+    path = tmp_path / "book.txt"
+    path.write_bytes(bytes(raw))
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--no-embed"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    where = ", ".join(f"{o:,}" for o in bad_at)
+    assert "3 byte(s) are not valid utf-8" in out and f"offset {where})" in out, out
+    doc = Tomes().document(1)
+    assert doc["meta"]["encoding"] == "utf-8" and doc["meta"]["replaced_bytes"]["count"] == 3
+    text = Tomes().text(1)
+    assert text.count("\ufffd") == 3
+    assert text.count("“It was the best of times,”") >= 37  # not garbled as a legacy code page
+    assert doc["warnings"] and "replaced" in doc["warnings"][0]
+
+
+def test_a_declared_charset_is_honoured_over_a_guess(tmp_path) -> None:
+    from app.ingest.readers.text import read_text
+
+    body = "Title: Cyrano\nCharacter set encoding: ISO-8859-7\n\n" + "Καλημέρα κόσμε, είπε. " * 30
+    raw = body.encode("iso-8859-7")
+    result = read_text(tmp_path / "greek.txt", raw)
+    assert result.meta["encoding"] == "iso8859-7"
+    assert result.text.strip() == body.strip()
+
+
+def test_binary_data_in_a_text_file_is_refused_naming_the_byte_offset(tmp_path) -> None:
+    from app.errors import IngestError
+    from app.ingest.readers.text import read_text
+
+    raw = b"plain words here. " * 100 + bytes(range(0, 9)) * 40
+    with pytest.raises(IngestError) as err:
+        read_text(tmp_path / "blob.txt", raw)
+    assert "binary data" in str(err.value) and "offset 1,800" in str(err.value)
+
+
+def test_a_partly_scanned_pdf_is_stored_with_a_warning_and_the_count_in_show(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+    from tests.docfactory import make_pdf
+
+    pages = [["Chapter one begins here with words."], [], [], ["Chapter four goes on."], []]
+    path = tmp_path / "mixed.pdf"
+    path.write_bytes(make_pdf(pages))
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--no-embed"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "1 added" in out and "3 of 5 pages have no text" in out and "page 2, 3, 5" in out, out
+    assert "OCR" in out
+    shown = CliRunner().invoke(cli, ["show", "1"])
+    assert shown.exit_code == 0, shown.output
+    lines = " ".join(shown.output.split())
+    assert "pages_without_text 3" in lines and "3 of 5 pages have no text" in lines, lines

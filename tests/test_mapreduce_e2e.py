@@ -40,6 +40,11 @@ def test_summarize_a_real_text_with_the_embedded_model(shared_data: Path) -> Non
     assert [c["node"] for c in calls].count("reduce") >= 1
     assert first.calls == len([c for c in calls if not c["cache_hit"]]) > 0
     assert first.prompt_tokens > 0 and first.completion_tokens > 0
+    # The calls form a tree: each sits under the graph step that caused it.
+    tree = tomes.call_tree(first.run_id)
+    steps = [r["node"] for r in tree["calls"]]
+    assert all(r["step"] for r in tree["calls"]) and steps[0] == "map" and steps[-1] == "reduce"
+    assert tree["totals"]["depth"] > 1 and tree["totals"]["calls"] == first.calls
 
     # The same job again is answered from the response cache: no backend request.
     second = tomes.summarize(doc, length="short", map_tokens=1024)

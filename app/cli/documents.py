@@ -39,6 +39,8 @@ def ingest_cmd(
         )
         for o in report.failed:
             console.print(f"  [red]✗[/] {safe(o.error)}")
+        for warning in report.warnings:
+            console.print(f"  [yellow]![/] {safe(warning)}")
     if report.failed:  # the good files are stored; the exit code still says not all were
         raise typer.Exit(1)
 
@@ -73,10 +75,13 @@ def show_cmd(
         return
     chunks = info.pop("chunks")
     meta = info.pop("meta")
+    warnings = info.pop("warnings", [])
     for key, value in info.items():
         console.print(f"[bold]{key:>10}[/] {safe(value)}", highlight=False)
     if meta.get("boilerplate"):
         console.print(f"[bold]{'removed':>10}[/] {len(meta['boilerplate'])} boilerplate block(s)")
+    for warning in warnings:
+        console.print(f"[bold yellow]{'warning':>10}[/] {safe(warning)}", highlight=False)
     table = Table("#", "id", "span", "page", "tokens", "text")
     for c in chunks[: limit or None]:
         preview = " ".join(c["text"].split())[:80]

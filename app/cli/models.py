@@ -108,6 +108,8 @@ def chat_cmd(
 
 
 def _label(call: dict[str, Any]) -> str:
+    if call.get("step"):  # a pipeline step: the calls under it are what it caused
+        return f"[bold magenta]{escape(call['model'])}[/] [dim]step, {call['latency_ms'] / 1000:.1f} s[/]"
     tokens = f"{call['prompt_tokens']}+{call['completion_tokens']} tok"
     status = "[red]error[/]" if call["error"] else ("[green]cache[/]" if call["cache_hit"] else "")
     preview = escape(call["preview"])
@@ -128,7 +130,8 @@ def calls_cmd(
     t = info["totals"]
     tree = Tree(
         f"run [bold]{run_id}[/]: {t['calls']} calls ({t['cache_hits']} cached, {t['errors']} failed), "
-        f"{t['prompt_tokens']:,}+{t['completion_tokens']:,} tokens, {t['latency_ms'] / 1000:.1f} s in models"
+        f"{t['prompt_tokens']:,}+{t['completion_tokens']:,} tokens, {t['latency_ms'] / 1000:.1f} s in models, "
+        f"{t['depth']} levels deep"
     )
     pending = [(tree, call) for call in info["calls"]]
     while pending:  # iterative: deep recursive-controller trees must not hit the recursion limit

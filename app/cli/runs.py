@@ -138,6 +138,8 @@ def _show(result: Result, as_json: bool) -> None:
             )
         if len(result.provenance) > 12:
             console.print(f"  [dim]... {len(result.provenance) - 12} more chunks (see --json)[/]")
+    for note in result.details.get("fallbacks") or []:  # never silent: the answer is less than asked
+        console.print(f"[yellow]fallback:[/] {safe(note)}", highlight=False)
     cached = f", {result.cache_hits} from cache" if result.cache_hits else ""
     console.print(
         f"\n[dim]run {result.run_id} · {result.calls} model calls{cached} · "

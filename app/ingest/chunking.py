@@ -23,7 +23,7 @@ from app.ingest.structure import (
     CHAR, HEADING, KEEP, LINE, PARAGRAPH, SENTENCE, WORD, Structure, analyse,
 )
 from app.ingest.types import Span
-from serving.base import Tokenizer
+from app.tokens import Tokenizer
 
 # How full a chunk must be before it may end at a boundary of each strength: a chunk
 # may end early before a heading, must be half full to end at a paragraph or sentence,

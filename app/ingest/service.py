@@ -1,8 +1,9 @@
-"""Ingest: files -> Document and Chunk rows (one transaction per file) -> embeddings.
+"""Ingest: files -> Document and Chunk rows, one transaction per file.
 
 A failure in one file never stops the others and never leaves half-written rows: each
-file is read, chunked and written inside its own transaction, and embedding runs only
-on what was committed.
+file is read, chunked and written inside its own transaction. The tokenizer that
+measures chunks is passed in, and embedding what was committed is the caller's next
+step (app.api), so the core depends on nothing above it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from app.ingest.chunking import chunk_text
 from app.ingest.readers import SUPPORTED_SUFFIXES, check_size, read_file
 from app.settings import get_settings
 from app.store import Chunk, Corpus, Document, session_scope
+from app.tokens import Tokenizer
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Outcome:
     document_id: int | None = None
     chunks: int = 0
     error: str | None = None
+    # Stored, but not all of it could be read as it should: said at ingest, not found later.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,6 +43,10 @@ class IngestReport:
 
     def _with(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for o in self.outcomes for w in o.warnings]
 
     @property
     def added(self) -> list[Outcome]:
@@ -85,7 +93,7 @@ def corpus_id(session, name: str) -> int:
     return corpus.id
 
 
-def ingest_file(path: Path, corpus: str) -> Outcome:
+def ingest_file(path: Path, corpus: str, tokenizer: Tokenizer) -> Outcome:
     settings = get_settings()
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     try:
@@ -102,9 +110,6 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
     result = read_file(path, max_bytes=max_bytes, raw=raw)
     if not result.text.strip():
         raise IngestError(str(path), "has no text after reading", "check the file is not empty")
-    from serving.tokenizers import active_tokenizer
-
-    tokenizer = active_tokenizer()
     spans = chunk_text(
         result.text,
         tokenizer,
@@ -122,6 +127,27 @@ def ingest_file(path: Path, corpus: str) -> Outcome:
         if existing is None:
             raise
         return Outcome(str(path), "skipped", document_id=existing)
+
+
+def read_warnings(path: Path | str, meta: dict) -> list[str]:
+    """What a reader could not read, in words (from the document's metadata)."""
+    out = []
+    empty = meta.get("pages_without_text") or []
+    if empty:
+        pages = ", ".join(map(str, empty[:12])) + (", ..." if len(empty) > 12 else "")
+        out.append(f"{path}: {len(empty)} of {meta.get('pages', '?')} pages have no text "
+                   f"(scanned images?): page {pages}. Run OCR on it (e.g. `ocrmypdf in.pdf "
+                   "out.pdf`) and ingest the result to read them")
+    if meta.get("pages_failed"):
+        out.append(f"{path}: pages {', '.join(map(str, meta['pages_failed'][:12]))} could not "
+                   "be read (damaged); the other pages are stored")
+    replaced = meta.get("replaced_bytes")
+    if replaced:
+        first = ", ".join(f"{o:,}" for o in replaced["offsets"][:5])
+        out.append(f"{path}: {replaced['count']} byte(s) are not valid {meta.get('encoding', 'UTF-8')} "
+                   f"and were replaced with U+FFFD (at byte offset {first}"
+                   + (", ..." if replaced["count"] > 5 else "") + "); the rest reads as UTF-8")
+    return out
 
 
 def _stored(corpus: str, digest: str) -> int | None:
@@ -173,11 +199,11 @@ def _store(path, corpus, source, digest, result, spans, tokenizer_name) -> Outco
         session.add(doc)
         session.flush()
         return Outcome(str(path), "updated" if old else "added", document_id=doc.id,
-                       chunks=len(spans))
+                       chunks=len(spans), warnings=read_warnings(path, result.meta or {}))
 
 
 def ingest(
-    paths: list[Path], corpus: str = "default", *, embed: bool | None = None,
+    paths: list[Path], corpus: str = "default", *, tokenizer: Tokenizer,
     on_event: OnEvent = ignore,
 ) -> IngestReport:
     files, missing = expand([Path(p) for p in paths])
@@ -185,7 +211,7 @@ def ingest(
     for i, path in enumerate(files):
         on_event(Event("read", i, len(files), message=path.name))
         try:
-            report.outcomes.append(ingest_file(path, corpus))
+            report.outcomes.append(ingest_file(path, corpus, tokenizer))
         except IngestError as exc:
             report.outcomes.append(Outcome(str(path), "failed", error=str(exc)))
         except Exception as exc:  # noqa: BLE001 - one file's crash must not stop the rest
@@ -195,8 +221,4 @@ def ingest(
                       "Nothing of it was stored; please report this",
             ))
     on_event(Event("read", len(files), len(files)))
-    if embed if embed is not None else get_settings().embed_on_ingest:
-        from retrieval import sync_corpus
-
-        report.embedded = sync_corpus(corpus, on_event=on_event)
     return report

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.ingest.readers.text import decode
+from app.ingest.readers.text import decode_report, encoding_meta
 from app.ingest.types import ReadResult
 
 _DROP = {
@@ -206,7 +206,8 @@ def render_html(markup: str) -> Rendered:
 
 def read_html(path: Path, raw: bytes) -> ReadResult:
     declared = _CHARSET.search(raw[:4096])
-    markup, encoding = decode(raw, path, declared.group(1).decode("ascii", "replace") if declared else None)
+    markup, encoding, replaced = decode_report(
+        raw, path, declared.group(1).decode("ascii", "replace") if declared else None)
     rendered = render_html(markup)
-    meta = {"encoding": encoding, **rendered.meta}
+    meta = {**encoding_meta(encoding, replaced), **rendered.meta}
     return ReadResult(text=rendered.text, format="html", title=rendered.title or path.stem, meta=meta)

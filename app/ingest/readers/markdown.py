@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.ingest.readers.text import decode
+from app.ingest.readers.text import decode_report, encoding_meta
 from app.ingest.types import ReadResult
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?\n)(?:---|\.\.\.)[ \t]*\n", re.S)
@@ -15,8 +15,8 @@ _FENCE = re.compile(r"^ {0,3}(```|~~~).*?^ {0,3}\1", re.M | re.S)
 
 
 def read_markdown(path: Path, raw: bytes) -> ReadResult:
-    text, encoding = decode(raw, path)
-    meta: dict = {"encoding": encoding}
+    text, encoding, replaced = decode_report(raw, path)
+    meta: dict = encoding_meta(encoding, replaced)
     title = None
     front = _FRONT_MATTER.match(text)
     if front:

@@ -65,27 +65,87 @@ def _looks_textual(sample: bytes) -> bool:
 
 
 def decode(raw: bytes, path: Path, declared: str | None = None) -> tuple[str, str]:
-    """(text with \\n line endings, encoding name). Raises IngestError for binary data.
-
-    ``declared`` is the encoding the file claims (an HTML meta charset): tried when the
-    bytes are not UTF-8, before statistical detection.
-    """
-    text, encoding = _decode(raw, path, declared)
-    text = _NEWLINES.sub("\n", text)
-    bad = len(_CONTROL.findall(text[:200_000]))
-    if bad > max(8, min(len(text), 200_000) * 0.005):
-        raise _not_text(path, "contains binary data")
-    # A handful of stray control characters in an otherwise good text: drop them.
-    if bad or "\x00" in text:
-        text = _CONTROL.sub("", text)
+    """(text with \\n line endings, encoding name). Raises IngestError for binary data."""
+    text, encoding, _replaced = decode_report(raw, path, declared)
     return text, encoding
 
 
-def _decode(raw: bytes, path: Path, declared: str | None) -> tuple[str, str]:
+def decode_report(raw: bytes, path: Path, declared: str | None = None) -> tuple[str, str, list[int]]:
+    """(text with \\n line endings, encoding name, byte offsets replaced with U+FFFD).
+
+    ``declared`` is the encoding the file claims (an HTML meta charset; for plain text a
+    header such as Project Gutenberg's "Character set encoding:" is read here): honoured
+    when the bytes are not strict UTF-8. A file that is UTF-8 but for a few bad bytes
+    stays UTF-8 with those bytes replaced (and their offsets reported): guessing a legacy
+    code page for it instead would garble every other non-ASCII character.
+    """
+    text, encoding, replaced = _decode(raw, path, _known(declared) or declared_charset(raw))
+    text = _NEWLINES.sub("\n", text)
+    bad = len(_CONTROL.findall(text[:200_000])) - len(replaced)
+    if bad > max(8, min(len(text), 200_000) * 0.005):
+        raise _not_text(path, f"contains binary data{_first_binary(raw)}")
+    # A handful of stray control characters in an otherwise good text: drop them.
+    if bad > 0 or "\x00" in text:
+        text = _CONTROL.sub("", text) if not replaced else _CONTROL_ONLY.sub("", text)
+    return text, encoding, replaced
+
+
+_CONTROL_ONLY = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+_BINARY_BYTE = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+# Where a plain-text file names its own encoding: Project Gutenberg's header, an
+# Emacs/Python coding cookie on the first two lines.
+_GUTENBERG = re.compile(rb"character set encoding:[ \t]*([\w.:-]+)", re.I)
+_COOKIE = re.compile(rb"coding[:=][ \t]*([\w.-]+)")
+
+
+def declared_charset(raw: bytes) -> str | None:
+    match = _GUTENBERG.search(raw[:4096]) or _COOKIE.search(b"\n".join(raw[:1024].split(b"\n")[:2]))
+    return _known(match.group(1).decode("ascii", "replace").rstrip(".:-")) if match else None
+
+
+def _known(name: str | None) -> str | None:
+    """The codec's canonical name, or None for a name Python does not know."""
+    try:
+        return codecs.lookup(name).name if name else None
+    except LookupError:
+        return None
+
+
+def _first_binary(raw: bytes) -> str:
+    match = _BINARY_BYTE.search(raw)
+    return f" (byte 0x{raw[match.start()]:02x} at offset {match.start():,})" if match else ""
+
+
+def _bad_utf8(raw: bytes) -> list[int]:
+    """Offsets of the bytes that are not UTF-8, as a replacing decoder meets them."""
+    offsets: list[int] = []
+    start = 0
+    while True:
+        try:
+            raw[start:].decode("utf-8")
+            return offsets
+        except UnicodeDecodeError as exc:
+            offsets.extend(range(start + exc.start, start + exc.end))
+            start += exc.end
+            if len(offsets) > 4096:  # far too many to be a few bad bytes
+                return offsets
+
+
+def _mostly_utf8(raw: bytes) -> list[int] | None:
+    """The bad bytes' offsets when the file is UTF-8 but for a few of them (its other
+    non-ASCII characters are valid UTF-8 sequences), else None."""
+    bad = _bad_utf8(raw)
+    if not bad or len(bad) > 4096:
+        return None
+    valid_multibyte = sum(1 for b in raw if b >= 0xC2) - sum(1 for i in bad if raw[i] >= 0xC2)
+    return bad if valid_multibyte >= max(1, 4 * len(bad)) else None
+
+
+def _decode(raw: bytes, path: Path, declared: str | None) -> tuple[str, str, list[int]]:
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             try:
-                return raw[len(bom):].decode(encoding), encoding
+                return raw[len(bom):].decode(encoding), encoding, []
             except UnicodeDecodeError:
                 break  # a BOM followed by garbage: let detection decide
     what = sniff_binary(raw)
@@ -94,23 +154,28 @@ def _decode(raw: bytes, path: Path, declared: str | None) -> tuple[str, str]:
     if b"\x00" in raw[:4096]:
         utf16 = _utf16_without_bom(raw)
         if utf16 is not None:
-            return utf16
-        raise _not_text(path, "contains binary data")
+            return (*utf16, [])
+        raise _not_text(path, f"contains binary data{_first_binary(raw)}")
     try:
-        return raw.decode("utf-8"), "utf-8"
+        return raw.decode("utf-8"), "utf-8", []
     except UnicodeDecodeError:
         pass
-    if declared:
+    if declared and declared != "utf-8":
         try:
-            return raw.decode(declared), declared
+            return raw.decode(declared), declared, []
         except (UnicodeDecodeError, LookupError):
             pass
+    bad = _mostly_utf8(raw)
+    if bad is None and declared == "utf-8":  # the file says so: believe it over a guess
+        bad = _bad_utf8(raw)
+    if bad is not None:
+        return raw.decode("utf-8", errors="replace"), "utf-8", bad
     from charset_normalizer import from_bytes
 
     best = from_bytes(raw).best()
     if best is None:
         raise _not_text(path, "is not text in any encoding tomes recognises")
-    return str(best), best.encoding
+    return str(best), best.encoding, []
 
 
 def _utf16_without_bom(raw: bytes) -> tuple[str, str] | None:
@@ -134,10 +199,17 @@ def _not_text(path: Path, cause: str) -> IngestError:
     )
 
 
+def encoding_meta(encoding: str, replaced: list[int]) -> dict:
+    meta: dict = {"encoding": encoding}
+    if replaced:
+        meta["replaced_bytes"] = {"count": len(replaced), "offsets": replaced[:20]}
+    return meta
+
+
 def read_text(path: Path, raw: bytes) -> ReadResult:
-    text, encoding = decode(raw, path)
+    text, encoding, replaced = decode_report(raw, path)
     fmt = {".csv": "csv", ".tsv": "tsv", ".rst": "rst", ".log": "txt"}.get(path.suffix.lower(), "txt")
-    meta = {"encoding": encoding}
+    meta = encoding_meta(encoding, replaced)
     title = _rst_title(text) if fmt == "rst" else None
     return ReadResult(text=text, format=fmt, title=title or path.stem, meta=meta)
 
