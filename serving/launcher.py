@@ -166,6 +166,18 @@ def start(
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     served = Served(launch, process, log_path)
+    try:
+        return _wait_ready(served, launch, timeout, on_event, poll_s)
+    except BaseException:
+        # Ctrl-C (or any failure) while it loads: the server runs in its own session
+        # and would outlive us, holding the GPU. Stop it.
+        served.stop()
+        raise
+
+
+def _wait_ready(served: Served, launch: Launch, timeout: float, on_event: OnEvent,
+                poll_s: float) -> Served:
+    process, log_path = served.process, served.log_path
     started = time.monotonic()
     while True:
         code = process.poll()

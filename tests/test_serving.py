@@ -500,3 +500,44 @@ def test_the_cache_key_includes_the_endpoint():
     b2.base_url = "http://127.0.0.1:8002/v1"
     r = lm2.chat("hello")
     assert not r.cache_hit and r.text == "from server two"
+
+
+def test_ctrl_c_while_the_server_loads_stops_it_and_its_workers(tmp_path, monkeypatch):
+    import os
+    import socket
+    import time
+
+    import serving.launcher as launcher
+    from app.events import Event
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "vllm"  # loads forever, with a worker of its own, like vLLM's engine
+    fake.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {tmp_path}/worker\necho $$ > {tmp_path}/server\nwait\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(launcher, "vllm_version", lambda: "0.11.0")
+    with socket.socket() as s:  # a port nobody answers on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def ctrl_c(event: Event) -> None:
+        if (event.message or "").startswith("loading") and (tmp_path / "worker").exists():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        launcher.start(plan("gpt-oss-20b", port=port), on_event=ctrl_c, poll_s=0.05,
+                       log_path=tmp_path / "vllm.log")
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    pids = [int((tmp_path / name).read_text()) for name in ("server", "worker")]
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "the server or its worker outlived Ctrl-C"
