@@ -16,10 +16,10 @@ MODEL = os.environ.get("TOMES_GPU_TEST_MODEL", "Qwen/Qwen2.5-0.5B-Instruct")
 
 
 @pytest.mark.gpu
-def test_vllm_in_process_answers_and_summarizes(shared_data: Path) -> None:
+def test_vllm_in_process_answers_and_summarizes(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from serving import registry
 
-    os.environ.pop("HF_HUB_OFFLINE", None)  # the test model may need a download
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the test model may need a download
     tomes = Tomes(backend="vllm-local", model=MODEL)
     reply = tomes.chat("What is the capital of France? One word.", max_tokens=8)
     assert "paris" in reply["text"].lower() and reply["usage"]["completion_tokens"] > 0

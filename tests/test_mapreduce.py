@@ -311,9 +311,17 @@ def test_a_backend_failure_fails_the_run_with_a_clear_error(tmp_path: Path) -> N
 # --- budgets ---------------------------------------------------------------------------
 
 
+class UncheckedLM(LM):
+    """Sends every request on, however big: the LM's own check would refuse an oversized
+    one before the backend saw it, and a test of the pipeline's budgets would see only
+    requests that fit whatever the pipeline did."""
+
+    async def _check_fits(self, messages, max_tokens):  # type: ignore[override]
+        return self.count_messages(messages)
+
+
 def fits_window(req: ChatRequest, lm: LM) -> bool:
-    prompt = "\n".join(m["content"] for m in req.messages)
-    return lm.count_tokens(prompt) + req.max_tokens <= lm.context_window
+    return lm.count_messages(req.messages) + req.max_tokens <= lm.context_window
 
 
 def test_collapse_runs_when_notes_exceed_the_reduce_budget(tmp_path: Path) -> None:
@@ -328,6 +336,7 @@ def test_collapse_runs_when_notes_exceed_the_reduce_budget(tmp_path: Path) -> No
 
     backend = ScriptedBackend(reply, context_window=1400)
     lm = SpyLM(backend)
+    lm._check_fits = UncheckedLM._check_fits.__get__(lm)  # see the pipeline's own sizes
     events: list[Event] = []
     result = mapreduce.summarize(doc, map_tokens=0, lm=lm, on_event=events.append)
 
@@ -358,9 +367,9 @@ def test_oversized_records_and_chunks_are_cut_to_fit(tmp_path: Path) -> None:
         return huge if kind(req) != "reduce" else "A summary that is long enough to keep."
 
     backend.replies = reply
-    lm = LM(backend, cache=False)
+    lm = UncheckedLM(backend, cache=False)
     result = mapreduce.summarize(doc, map_tokens=0, lm=lm, length="short")
-    assert all(fits_window(r, lm) for r in backend.requests)
+    assert backend.requests and all(fits_window(r, lm) for r in backend.requests)
     maps = [r for r in backend.requests if kind(r) == "map" and len(r.messages) == 2]
     assert len(maps) > len(chunk_rows(doc))  # split into parts
     assert all("(part " in text_of(r) for r in maps)
@@ -540,7 +549,27 @@ def test_confidence_reads_any_scale() -> None:
         [4.0, 4.0, 4.0, 5.0, 1.0, 4.2, 5.0, 3.0, 3.0]
 
 
-def test_graph_is_async_and_checkpointed() -> None:
+def test_graph_is_async_and_checkpointed(tmp_path: Path) -> None:
     # The map node must be a coroutine function: sync nodes would serialize the LM calls.
     assert asyncio.iscoroutinefunction(mapreduce.MapReduce.map)
     assert asyncio.iscoroutinefunction(mapreduce.MapReduce.collapse)
+    # Each map's result is saved under the run as it finishes, before the reduce runs.
+    import sqlite3
+
+    doc = ingest_story(tmp_path, FILLER)
+    seen: list[int] = []
+    path = settings.get_settings().checkpoint_path
+
+    def reply(req: ChatRequest) -> str:
+        if kind(req) == "reduce":
+            with sqlite3.connect(path) as conn:
+                seen.append(conn.execute("SELECT count(*) FROM writes WHERE thread_id = ? "
+                                         "AND channel = 'mapped'", (current_run.get(),)).fetchone()[0])
+            return "Harwick, a village of mills, apples and bread, by a river."
+        return record("a note", 3)
+
+    # Checkpoint writes are committed in the background while the model works: give
+    # each call the little time a real one takes.
+    result = mapreduce.summarize(doc, map_tokens=0, run_id="ckpt-run",
+                                 lm=LM(ScriptedBackend(reply, latency=0.3), cache=False))
+    assert result.details["mapped"] == len(chunk_rows(doc)) and seen == [len(chunk_rows(doc))]

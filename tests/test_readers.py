@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -248,13 +249,13 @@ def test_epub_reads_spine_in_order(tmp_path):
 # --- bad input: one clear IngestError naming the file, the cause and the fix --------
 
 BAD_FILES = {
-    "corrupt.pdf": (b"%PDF-1.7\n" + os.urandom(2000), "not a readable PDF"),
+    "corrupt.pdf": (b"%PDF-1.7\n" + random.Random(1).randbytes(2000), "not a readable PDF"),
     "truncated.pdf": (None, "not a readable PDF"),
     "locked.pdf": (None, "encrypted with a password"),
     "scan.pdf": (None, "no text layer"),
     "empty.txt": (b"", "is empty"),
     "blank.md": (b"   \n\n  \t\n", "is empty"),
-    "image.txt": (b"\x89PNG\r\n\x1a\n" + os.urandom(3000), "PNG image"),
+    "image.txt": (b"\x89PNG\r\n\x1a\n" + random.Random(2).randbytes(3000), "PNG image"),
     "noise.txt": (bytes(range(256)) * 20, "binary"),
     "broken.docx": (b"this is not a zip", "not a readable Word document"),
     "drm.epub": (None, "DRM"),
