@@ -49,3 +49,19 @@ def test_real_embedded_model_answers_counts_usage_and_follows_a_schema():
     # Our prompt estimate is close to what the engine counted (template included).
     estimate = lm.count_messages("What is the capital of France? Answer in one sentence.")
     assert abs(estimate - r.usage.prompt_tokens) <= 3
+
+
+def test_transformers_backend_generates_from_the_shipped_gguf_in_batches():
+    """The alternative in-process backend dequantizes the same GGUF into PyTorch: it
+    must answer for real, greedy replies must match one at a time and batched."""
+    lm = get_lm("transformers")
+    assert lm.backend.name == "transformers" and lm.model == "SmolLM2-135M-Instruct"
+    prompts = ["What is the capital of France? Answer in one sentence.",
+               "Name one colour of the sky."]
+    alone = lm.chat(prompts[0], max_tokens=16, cache=False)
+    assert alone.text.strip() and 0 < alone.usage.completion_tokens <= 16
+    assert alone.usage.prompt_tokens > 10 and lm.backend.load_seconds is not None
+    together = lm.batch(prompts, max_tokens=16, cache=False)
+    assert all(r.text.strip() for r in together)
+    # Left padding must not change a greedy answer.
+    assert together[0].text == alone.text
