@@ -39,7 +39,10 @@ class Settings:
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int | None = None  # None: the backend's own capacity
-    request_timeout: float = 600.0
+    # A model server's whole reply to one request, and one call with its retries: a hung
+    # server is an error after call_timeout at most, never 4 x 600 s of silence.
+    request_timeout: float = 300.0
+    call_timeout: float = 600.0
     cache: bool = True
 
     # Pipelines. Tokens of text per map call. None: consecutive chunks up to what the
@@ -111,6 +114,8 @@ def _validate(s: Settings) -> None:
         raise bad("max_file_mb", s.max_file_mb, "a size in MB above 0")
     if s.request_timeout <= 0:
         raise bad("request_timeout", s.request_timeout, "seconds above 0")
+    if s.call_timeout <= 0:
+        raise bad("call_timeout", s.call_timeout, "seconds above 0")
     if s.concurrency is not None and s.concurrency < 1:
         raise bad("concurrency", s.concurrency, "at least 1 (or unset: the backend's capacity)")
     if s.map_tokens is not None and s.map_tokens < 0:
@@ -126,6 +131,7 @@ _ENV: dict[str, type] = {
     "api_key_env": str,
     "concurrency": int,
     "request_timeout": float,
+    "call_timeout": float,
     "map_tokens": int,
     "max_file_mb": float,
     "chunk_tokens": int,

@@ -28,7 +28,8 @@ from pipelines._structured import ParseError, parse_object, text_field
 from pipelines.environment import ChunkRecord, Environment
 from pipelines.result import Result
 from serving.base import ChatResponse
-from serving.lm import LM, get_lm, parent_scope, run_scope, run_sync, with_schema_instruction
+from serving.lm import (LM, events_scope, get_lm, parent_scope, run_scope, run_sync,
+                        with_schema_instruction)
 
 PIPELINE = "mapreduce"
 MODES = ("qa", "summary")
@@ -568,7 +569,7 @@ async def _execute(job: MapReduce, run_id: str) -> Result:
         "recursion_limit": 50 + 4 * MAX_LEVELS,
     }
     try:
-        with run_scope(run_id):
+        with run_scope(run_id), events_scope(job.on_event):
             async with _runs.checkpointer() as saver:
                 graph = job.graph().compile(checkpointer=saver)
                 snapshot = await graph.aget_state(config)

@@ -43,6 +43,41 @@ current_parent: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
+# Where a call that keeps the caller waiting says so (the CLI's progress, the UI's status).
+current_events: contextvars.ContextVar[Any] = contextvars.ContextVar("tomes_events", default=None)
+WAIT_NOTICE_S = 15.0  # a call still running after this reports, and again as often
+
+
+@contextmanager
+def events_scope(on_event: Any) -> Iterator[None]:
+    token = current_events.set(on_event)
+    try:
+        yield
+    finally:
+        current_events.reset(token)
+
+
+async def _waiting(coro: Any, what: str, every: float) -> Any:
+    """Await ``coro``; while it runs, send a "wait" event every ``every`` seconds."""
+    from app.events import Event
+
+    on_event = current_events.get()
+    if on_event is None:
+        return await coro
+    task = asyncio.ensure_future(coro)
+    started = time.perf_counter()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            waited = time.perf_counter() - started
+            on_event(Event("wait", message=f"{what}: {waited:.0f} s", data={"seconds": waited}))
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 @contextmanager
 def run_scope(run_id: str | None) -> Iterator[None]:
     token = current_run.set(run_id)
@@ -233,7 +268,8 @@ class LM:
             async with self._limit():
                 started = time.perf_counter()
                 try:
-                    response = await self.backend.achat(request)
+                    response = await _waiting(self.backend.achat(request),
+                                              f"waiting for {model}", WAIT_NOTICE_S)
                 except BaseException as exc:
                     if not isinstance(exc, asyncio.CancelledError):
                         self._record(messages=messages, response=None,

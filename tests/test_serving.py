@@ -541,3 +541,31 @@ def test_ctrl_c_while_the_server_loads_stops_it_and_its_workers(tmp_path, monkey
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(p) for p in pids), "the server or its worker outlived Ctrl-C"
+
+
+def test_a_call_that_keeps_us_waiting_says_so_where_progress_is_shown(monkeypatch, tmp_path):
+    import serving.lm as lm_module
+    from app.events import Event
+    from serving.lm import events_scope
+    from tests.test_mapreduce import FILLER, ingest_story, kind, record
+
+    monkeypatch.setattr(lm_module, "WAIT_NOTICE_S", 0.1)
+    lm = LM(ScriptedBackend(["slow answer"], latency=0.45), cache=False)
+    events: list[Event] = []
+    with events_scope(events.append):
+        assert lm.chat("take your time").text == "slow answer"
+    waits = [e for e in events if e.stage == "wait"]
+    assert len(waits) >= 3 and "waiting for scripted" in waits[0].message
+    assert [e.data["seconds"] for e in waits] == sorted(e.data["seconds"] for e in waits)
+    lm.backend.replies = ["quiet"]
+    assert lm.chat("no one listens").text == "quiet"  # no scope, no events, no error
+
+    # A pipeline's progress callback hears it.
+    from pipelines import mapreduce
+
+    doc = ingest_story(tmp_path, FILLER[:2])
+    heard: list[Event] = []
+    mapreduce.summarize(doc, map_tokens=0, on_event=heard.append, lm=LM(ScriptedBackend(
+        lambda r: "A long enough summary of the village." if kind(r) == "reduce" else record("n", 3),
+        latency=0.25), cache=False))
+    assert any(e.stage == "wait" for e in heard)

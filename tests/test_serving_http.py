@@ -89,6 +89,21 @@ class FakeVLLM:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                     step = fake.script.popleft() if fake.script else ("ok", "default reply")
+                if step[0] == "trickle":  # headers, then a byte now and then: never a read timeout
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(int(step[1] / 0.05)):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    with fake.lock:
+                        fake.in_flight -= 1
+                    return
                 try:
                     while step[0] == "sleep":
                         time.sleep(step[1])
@@ -203,6 +218,21 @@ def test_a_timeout_that_persists_names_the_setting(vllm):
         get_lm(backend(vllm, timeout=0.2, retries=1)).chat("hurry")
     assert "did not answer within 0.2 s" in info.value.cause
     assert "TOMES_REQUEST_TIMEOUT" in info.value.fix
+
+
+def test_a_server_that_trickles_bytes_is_cut_off_at_the_calls_bound(vllm):
+    # Each read gets a byte in time, so httpx's read timeout never fires; the old code
+    # waited out every trickle (4 x 6 s here; 4 x 600 s with the defaults).
+    vllm.script.extend([("trickle", 6.0)] * 4)
+    b = backend(vllm, timeout=0.6, call_timeout=1.5, retries=3)
+    started = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        get_lm(b).chat("are you there?")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0, elapsed
+    assert "did not answer within" in info.value.cause
+    assert "1.5 s bound (TOMES_CALL_TIMEOUT) ran out" in info.value.cause
+    assert "TOMES_REQUEST_TIMEOUT" in info.value.fix and vllm.chat_requests() >= 2
 
 
 def test_context_errors_from_the_server_become_overflow_errors_without_retries(vllm):

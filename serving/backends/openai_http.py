@@ -49,6 +49,7 @@ class OpenAIBackend(Backend):
         context_window: int | None = None,
         capacity: int | None = None,
         timeout: float | None = None,
+        call_timeout: float | None = None,
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 20.0,
@@ -67,7 +68,8 @@ class OpenAIBackend(Backend):
         self._window = context_window
         self.capacity = max(1, capacity or settings.concurrency or (
             self.preset.max_num_seqs if self.preset else DEFAULT_CAPACITY))
-        self.timeout = timeout or settings.request_timeout
+        self.timeout = timeout or settings.request_timeout  # one request's whole reply
+        self.call_timeout = max(self.timeout, call_timeout or settings.call_timeout)  # with retries
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -241,19 +243,27 @@ class OpenAIBackend(Backend):
         body = self.payload(request)
         client = self._client()
         last: BackendError | None = None
+        # httpx bounds each read; this bounds the whole reply and the call with its retries.
+        deadline = time.monotonic() + self.call_timeout
+        attempts = 0
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
+            bound = min(self.timeout, deadline - time.monotonic())
+            if bound <= 0:
+                break
+            attempts += 1
             started = time.perf_counter()
             try:
-                response = await client.post(url, json=body, headers=self._headers())
-            except httpx.TimeoutException as exc:
+                async with asyncio.timeout(bound):
+                    response = await client.post(url, json=body, headers=self._headers())
+            except (TimeoutError, httpx.TimeoutException) as exc:
                 if isinstance(exc, httpx.ConnectTimeout):
                     last = self._unreachable(exc)
                 else:
                     last = BackendError(
-                        f"the model server at {self.base_url} did not answer within "
-                        f"{self.timeout:g} s",
-                        "raise TOMES_REQUEST_TIMEOUT, lower max_tokens, or check the server's load",
+                        f"the model server at {self.base_url} did not answer within {bound:g} s",
+                        "raise TOMES_REQUEST_TIMEOUT (one reply) or TOMES_CALL_TIMEOUT (a call "
+                        "with its retries), lower max_tokens, or check the server's load",
                         retryable=True,
                     )
             except httpx.ConnectError as exc:
@@ -278,11 +288,18 @@ class OpenAIBackend(Backend):
                 if not last.retryable:
                     raise last
             if attempt < self.retries:
+                delay = self._delay(attempt, response)
+                if time.monotonic() + delay >= deadline:
+                    break
                 self.retried += 1
-                await asyncio.sleep(self._delay(attempt, response))
-        assert last is not None
-        if self.retries:
-            last.cause += f" (after {self.retries} retries)"
+                await asyncio.sleep(delay)
+        if last is None:  # not even one attempt had time left
+            last = BackendError(f"no time was left to call {self.base_url}", "raise TOMES_CALL_TIMEOUT")
+        notes = [f"after {attempts - 1} retries"] if attempts > 1 else []
+        if attempts < self.retries + 1:  # stopped early: the call's bound ran out
+            notes.append(f"the call's {self.call_timeout:g} s bound (TOMES_CALL_TIMEOUT) ran out")
+        if notes:
+            last.cause += f" ({'; '.join(notes)})"
             last.args = (f"{last.cause}. {last.fix}" if last.fix else last.cause,)
         raise last
 
