@@ -23,7 +23,7 @@ from app.ingest.service import IngestReport, ingest, read_warnings
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
 from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
-from pipelines.targets import resolve_document
+from pipelines.targets import id_also_names, resolve_document
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,6 +95,11 @@ class Tomes:
             if doc.page_starts:
                 info["pages_without_text"] = len(meta.get("pages_without_text") or [])
             info["warnings"] = read_warnings(doc.source, meta)
+            others = id_also_names(s, ref)
+            if others:
+                info["warnings"].insert(0, (
+                    f"{str(ref)!r} is read as the id of document {doc.id}; it is also the title "
+                    f"of document {', '.join(str(d.id) for d in others)}: name that one by its id"))
             if with_chunks:
                 info["chunks"] = [
                     {"id": c.id, "ordinal": c.ordinal, "start": c.start, "end": c.end,
@@ -105,8 +110,16 @@ class Tomes:
 
     @_scoped
     def remove(self, ref: str | int) -> dict[str, Any]:
+        """Remove a document, its chunks and vectors. A number that is one document's id
+        and another's title is refused (``doc:3`` says "the id")."""
         with session_scope() as s:
             doc = resolve_document(s, ref)
+            others = id_also_names(s, ref)
+            if others:
+                raise TomesError(
+                    f"{str(ref)!r} is the id of document {doc.id} ({doc.title}) and the title of "
+                    f"document {', '.join(str(d.id) for d in others)}",
+                    f"say which: `tomes rm doc:{doc.id}` for the id, or the other's id")
             # Count rather than load the chunks: loaded ones would be deleted twice
             # (bulk below and by the ORM cascade), which SQLAlchemy warns about.
             n = s.scalar(select(func.count(Chunk.id)).where(Chunk.document_id == doc.id)) or 0

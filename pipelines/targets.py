@@ -28,7 +28,10 @@ class Target:
 
 
 def resolve_document(session: Session, ref: str | int) -> Document:
-    """A document by id, or by a title or file name that matches exactly one."""
+    """A document by id (``3`` or ``doc:3``), or by a title or file name that matches
+    exactly one."""
+    if isinstance(ref, str) and ref.startswith("doc:") and ref[4:].isdigit():
+        ref = ref[4:]
     if isinstance(ref, int) or str(ref).isdigit():
         doc = session.get(Document, int(ref))
         if doc is None:
@@ -46,6 +49,15 @@ def resolve_document(session: Session, ref: str | int) -> Document:
         raise NotFound(f"no document matches {text!r}", "list documents with `tomes docs`")
     ids = ", ".join(f"{d.id} ({d.title})" for d in docs[:10])
     raise NotFound(f"{text!r} matches {len(docs)} documents: {ids}", "name one by its id")
+
+
+def id_also_names(session: Session, ref: str | int) -> list[Document]:
+    """Other documents titled or named ``ref`` when ``ref`` is read as an id ("3" is
+    document 3, and also the title of another): the caller warns or refuses."""
+    text = str(ref)
+    if not text.isdigit():
+        return []
+    return [d for d in _exact_documents(session, text) if d.id != int(text)]
 
 
 def resolve_target(session: Session, ref: str | int) -> Target:

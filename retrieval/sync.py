@@ -186,7 +186,9 @@ def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus:
            on_event: OnEvent, *, batch: int) -> int:
     total = len(missing)
     done = 0
-    on_event(Event("embed", 0, total, message=corpus))
+    # Said before the wait, with the count: a search may have to embed first.
+    what = f"{total:,} chunks without vectors"
+    on_event(Event("embed", 0, total, message=what, data={"missing": total, "corpus": corpus}))
     last_save = time.monotonic()
     for start in range(0, total, batch):
         rows = store_state.chunk_texts(missing[start : start + batch])
@@ -202,8 +204,8 @@ def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus:
             vectors = embedder.encode(windows, batch_size=batch)
             dense.add(vectors, np.array(owners, np.int64), np.array(fingerprints, np.int64))
         done += len(rows)
-        on_event(Event("embed", min(start + batch, total), total, message=corpus,
-                       data={"vectors": len(windows)}))
+        on_event(Event("embed", min(start + batch, total), total, message=what,
+                       data={"vectors": len(windows), "corpus": corpus}))
         if time.monotonic() - last_save > CHECKPOINT_SECONDS:
             dense.save(path)
             _remember(path, dense)

@@ -161,3 +161,45 @@ def test_listing_documents_does_not_load_their_text(files, monkeypatch):
     listing_sql = statements[0]
     assert "documents.text" not in listing_sql, listing_sql
     assert doc["chars"] > 0  # from the stored length
+
+
+def test_a_number_that_is_one_documents_id_and_anothers_title_is_flagged(tmp_path):
+    from app.api import Tomes
+    from app.errors import TomesError
+
+    for name in ("a.txt", "b.txt", "c.txt", "3.txt"):  # "3.txt" is titled "3"
+        (tmp_path / name).write_text(f"The text of {name}, which is short but real.\n")
+    assert run("ingest", str(tmp_path), "--no-embed").exit_code == 0
+    docs = run_json("docs")
+    titled = next(d["id"] for d in docs if d["title"] == "3")
+    third = next(d["title"] for d in docs if d["id"] == 3)
+    assert titled != 3
+
+    shown = run("show", "3")
+    assert shown.exit_code == 0
+    out = " ".join(shown.output.split())
+    assert f"title {third}" in out and f"also the title of document {titled}" in out, out
+    with pytest.raises(TomesError, match=f"title of document {titled}") as err:
+        Tomes().remove("3")  # destructive: refused rather than guessed
+    assert "tomes rm doc:3" in err.value.fix
+    assert {d["id"] for d in run_json("docs")} == {1, 2, 3, 4}
+    assert run("rm", "doc:3").exit_code == 0
+    assert {d["id"] for d in run_json("docs")} == {1, 2, 4}
+    assert "also the title" not in " ".join(run("show", str(titled)).output.split())
+
+
+def test_a_search_that_must_embed_first_says_how_many(tmp_path):
+    from app.api import Tomes
+    from app.events import Event
+
+    (tmp_path / "notes.txt").write_text("\n\n".join(f"Note {i} about apples and pears." for i in range(30)))
+    report = Tomes().ingest([tmp_path / "notes.txt"], "fruit", embed=False)
+    chunks = report.added[0].chunks
+    events: list[Event] = []
+    Tomes().search("fruit", "apples", on_event=events.append)
+    first = next(e for e in events if e.stage == "embed")
+    assert first.done == 0 and first.total == chunks
+    assert first.message == f"{chunks:,} chunks without vectors"
+    events.clear()
+    Tomes().search("fruit", "pears", on_event=events.append)
+    assert not any(e.stage == "embed" for e in events)  # nothing missing: nothing said
