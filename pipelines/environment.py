@@ -139,11 +139,8 @@ class Environment:
 
     def search(self, query: str, k: int = 5, **kwargs: Any) -> list[Any]:
         """Retrieval restricted to this target (``retrieval.search`` hits)."""
-        import retrieval
+        from retrieval import search
 
-        search = getattr(retrieval, "search", None)
-        if search is None:
-            raise TomesError("search is not available in this install", "update tomes")
         if self.target.kind == "doc":
             doc = self.documents[0]
             return search(doc.corpus, query, k, document_id=doc.id, **kwargs)
