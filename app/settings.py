@@ -49,6 +49,9 @@ class Settings:
     # window leaves (at most 16,000): fewer calls, less repeated instruction, and a
     # target that fits one call is answered by one call. 0: each chunk alone.
     map_tokens: int | None = None
+    # How map records are kept true to the text (pipelines/mapreduce.py GROUNDINGS):
+    # auto = "select" for models whose preset says they write poorly, else "verify".
+    grounding: str = "auto"
 
     # Ingestion.
     max_file_mb: float = 50.0
@@ -95,6 +98,7 @@ class SettingsError(TomesError, ValueError):
 
 
 FUSIONS = ("rrf", "score")
+GROUNDINGS = ("auto", "select", "verify", "off")
 
 
 def _validate(s: Settings) -> None:
@@ -122,6 +126,8 @@ def _validate(s: Settings) -> None:
         raise bad("map_tokens", s.map_tokens, "0 (one chunk per call) or more tokens")
     if s.fusion not in FUSIONS:
         raise bad("fusion", s.fusion, f"one of {', '.join(FUSIONS)}")
+    if s.grounding not in GROUNDINGS:
+        raise bad("grounding", s.grounding, f"one of {', '.join(GROUNDINGS)}")
 
 
 _ENV: dict[str, type] = {
@@ -133,6 +139,7 @@ _ENV: dict[str, type] = {
     "request_timeout": float,
     "call_timeout": float,
     "map_tokens": int,
+    "grounding": str,
     "max_file_mb": float,
     "chunk_tokens": int,
     "chunk_overlap": int,

@@ -38,6 +38,7 @@ EXAMPLE_VALUES = {
     "<key facts: who, what, where, when>", "<why they matter>",
 }
 
+_QUOTES = '"quotes": ["<1-3 exact sentences of the text the facts rest on>"], '
 _RECORD_QA = (
     '{"extracted": "<facts from the text that bear on the question>", '
     '"rationale": "<how they answer it>", '
@@ -68,6 +69,16 @@ RECORD_SCHEMA: dict[str, Any] = {
 }
 RECORD_MAX_TOKENS = 256
 
+# Grounding "verify": the record also quotes the text it rests on, and the quotes are
+# looked up in that text (pipelines/_records.verify).
+QUOTED_SCHEMA: dict[str, Any] = {
+    **RECORD_SCHEMA,
+    "properties": {**RECORD_SCHEMA["properties"],
+                   "quotes": {"type": "array", "items": _STRING, "maxItems": 3}},
+    "required": [*RECORD_SCHEMA["required"], "quotes"],
+}
+QUOTED_MAX_TOKENS = 384
+
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -89,17 +100,18 @@ LENGTHS: dict[str, tuple[str, int]] = {
 }
 
 
-def map_prompt(mode: str, text: str, question: str | None, part: str) -> str:
+def map_prompt(mode: str, text: str, question: str | None, part: str, quotes: bool = False) -> str:
     body = f'Text{part}:\n"""\n{text}\n"""\n\n'
+    record = _RECORD_QA if mode == "qa" else _RECORD_SUMMARY
+    if quotes:
+        record = "{" + _QUOTES + record[1:]
     if mode == "qa":
         return (
             f"Question: {question}\n\n{body}"
-            f"Report what this text says about the question as JSON:\n{_RECORD_QA}\n"
+            f"Report what this text says about the question as JSON:\n{record}\n"
             f"{SCALE}\n{_QA_EXAMPLE}"
         )
-    return (
-        f"{body}Summarize this text as JSON:\n{_RECORD_SUMMARY}\n{SCALE}\n{_SUMMARY_EXAMPLE}"
-    )
+    return f"{body}Summarize this text as JSON:\n{record}\n{SCALE}\n{_SUMMARY_EXAMPLE}"
 
 
 def collapse_prompt(mode: str, notes: str, question: str | None) -> str:

@@ -23,7 +23,9 @@ class Record(TypedDict):
     answer: str
     confidence: float
     no_info: bool
-    parsed: str  # "json" | "retry" | "fallback" | "merged" | "kept"
+    parsed: str  # "json" | "retry" | "fallback" | "merged" | "kept" | "first" | "empty"
+    spans: list[list[int]]  # [document id, start, end] of the text it quotes or selected
+    unsupported: list[str]  # why it is not borne out by its source; kept out of the reduce
 
 
 _NO_INFO = re.compile(
@@ -55,7 +57,7 @@ def build_record(obj: dict[str, Any] | None, raw: str, how: str, chunk_ids: list
         empty = is_no_info(text)
         return Record(chunk_ids=chunk_ids, position=position, extracted=text, rationale="",
                       answer=text if mode == "summary" else "", confidence=2.0,
-                      no_info=empty, parsed=how)
+                      no_info=empty, parsed=how, spans=[], unsupported=[])
     extracted = clean(obj.get("extracted"), source)
     answer = clean(obj.get("answer"), source)
     conf = confidence(obj.get("confidence"))
@@ -70,8 +72,34 @@ def build_record(obj: dict[str, Any] | None, raw: str, how: str, chunk_ids: list
         answer="" if no_answer else answer,
         confidence=conf,
         no_info=no_answer and (no_facts or conf <= 1.5),
-        parsed=how,
+        parsed=how, spans=[], unsupported=[],
     )
+
+
+def verify(rec: Record, obj: dict[str, Any] | None, source: str, doc_id: int, offset: int,
+           *, quotes_required: bool = True) -> Record:
+    """Check a written record against the text it was written from (``source``, which
+    starts at ``offset`` in document ``doc_id``): its quotes must be found there, and the
+    names in its facts must occur there. What fails is listed in ``unsupported``."""
+    from pipelines import _grounding as G
+
+    if rec["no_info"]:
+        return rec
+    reasons: list[str] = []
+    claim = f"{rec['extracted']} {rec['answer']}"
+    invented = G.invented_names(claim, source)
+    if invented:
+        reasons.append(f"names not in its text: {', '.join(invented[:5])}")
+    quotes = [text_field(q, 600) for q in (obj or {}).get("quotes") or [] if text_field(q)]
+    spans = []
+    for q in quotes:
+        found = G.find_quote(q, source)
+        if found:
+            spans.append([doc_id, offset + found[0], offset + found[1]])
+    if quotes_required and obj is not None and not spans:
+        reasons.append("no quote found in its text" if quotes else "no quote given")
+    rec["spans"], rec["unsupported"] = spans, reasons
+    return rec
 
 
 def merge_records(obj: dict[str, Any] | None, raw: str, how: str, group: list[Record], mode: str) -> Record:
@@ -82,6 +110,7 @@ def merge_records(obj: dict[str, Any] | None, raw: str, how: str, group: list[Re
     best = max(group, key=lambda n: (n["confidence"], -n["position"]))
     source = " ".join(f"{n['extracted']} {n['answer']}" for n in group)
     rec = build_record(obj, raw, how, chunk_ids, position, mode, source=source)
+    rec["spans"] = [s for note in group for s in note["spans"]]
     if obj is not None:
         rec["parsed"] = "merged"
     if rec["no_info"] or not (rec["answer"] or rec["extracted"]):
@@ -145,7 +174,8 @@ def provenance(env: Environment, cited: list[int], mapped: list[Record],
             continue  # never cite what the target does not hold
         chunk = env.chunk(cid)
         rec = best.get(cid)
-        why = f"{rec['extracted']} {rec['answer']}" if rec else hint
+        # The answer's own words pick the quote; the record's where there is no answer.
+        why = hint or (f"{rec['extracted']} {rec['answer']}" if rec else "")
         out.append(Provenance(
             chunk_id=cid, document_id=chunk.document_id,
             title=env.document(chunk.document_id).title, start=chunk.start, end=chunk.end,

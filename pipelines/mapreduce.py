@@ -21,7 +21,10 @@ from app.errors import TomesError
 from app.events import Event, OnEvent, ignore
 from pipelines import _mapreduce_prompts as P
 from pipelines import _budget as B
+from pipelines import _extractive as X
+from pipelines import _grounding as G
 from pipelines import _records as R
+from pipelines import _select as S
 from pipelines import _runs
 from pipelines._records import Record
 from pipelines._structured import ParseError, parse_object, text_field
@@ -33,6 +36,13 @@ from serving.lm import (LM, events_scope, get_lm, parent_scope, run_scope, run_s
 
 PIPELINE = "mapreduce"
 MODES = ("qa", "summary")
+# How records are kept true to the text: "select" picks sentences by number (nothing
+# can be invented; the default for models whose preset says they write poorly),
+# "verify" has records quote their text and checks the quotes and names, "off" trusts
+# what the model writes. Every final answer is checked sentence by sentence either way.
+GROUNDINGS = ("select", "verify", "off")
+# Numbered sentences cost a few tokens each: budgets for them keep this share of the room.
+_NUMBERED_SHARE = 0.85
 MAX_LEVELS = 6  # collapse levels before notes are cut to fit instead
 _SAFETY = 48  # tokens kept free: joining texts can tokenize a little differently
 _RETRY_RESERVE = 64  # the retry's extra turn (the error message, a cut-down echo)
@@ -86,6 +96,7 @@ class State(TypedDict, total=False):
     dropped: int
     answer: str
     cited: list[int]
+    support: dict[str, Any]  # the final answer's sentences judged against what it cites
     usage: Annotated[Usage, _add_usage]
     # Where a reply could not be used as asked and something else stood in: said in the
     # result's details, never silent.
@@ -98,6 +109,13 @@ class MapTask(TypedDict):
     step: int | None
 
 
+def default_grounding(lm: LM) -> str:
+    from serving import presets
+
+    preset = presets.of(lm.backend.name, lm.model)
+    return "select" if preset is not None and preset.extractive else "verify"
+
+
 # --- the graph -------------------------------------------------------------------------
 
 
@@ -107,8 +125,16 @@ class MapReduce:
     def __init__(
         self, env: Environment, lm: LM, *, mode: str, question: str | None = None,
         length: str = "medium", style: str | None = None, map_tokens: int | None = None,
-        on_event: OnEvent = ignore,
+        on_event: OnEvent = ignore, grounding: str | None = None, strict: bool = False,
     ) -> None:
+        if grounding is None:
+            from app.settings import get_settings
+
+            grounding = get_settings().grounding
+        grounding = default_grounding(lm) if grounding == "auto" else grounding
+        if grounding not in GROUNDINGS:
+            raise TomesError(f"unknown grounding {grounding!r}",
+                             f"use one of auto, {', '.join(GROUNDINGS)}")
         if mode not in MODES:
             raise TomesError(f"unknown map-reduce mode {mode!r}", f"use one of {', '.join(MODES)}")
         if length not in P.LENGTHS:
@@ -132,6 +158,9 @@ class MapReduce:
             raise TomesError(f"map_tokens is {map_tokens}", "use 0 (one chunk per map call) or more")
         self.map_tokens = map_tokens
         self.on_event = on_event
+        self.grounding = grounding
+        self.select = grounding == "select"
+        self.strict = bool(strict)
         self.mapped_count = 0
         self._json = bool(getattr(lm.backend, "supports_json_schema", False))
         self._reduce_max = P.ANSWER_MAX_TOKENS if mode == "qa" else P.LENGTHS[length][1]
@@ -161,14 +190,29 @@ class MapReduce:
         return room
 
     def map_budget(self) -> int:
-        return self._room(P.SYSTEM_MAP, P.map_prompt(self.mode, "", self.question, " (part 99 of 99)"),
-                          P.RECORD_MAX_TOKENS, P.RECORD_SCHEMA)
+        if self.select:
+            return int(self.select_budget() * _NUMBERED_SHARE)
+        quoted = self.grounding == "verify"
+        return self._room(P.SYSTEM_MAP, P.map_prompt(self.mode, "", self.question, " (part 99 of 99)",
+                                                     quoted),
+                          P.QUOTED_MAX_TOKENS if quoted else P.RECORD_MAX_TOKENS,
+                          P.QUOTED_SCHEMA if quoted else P.RECORD_SCHEMA)
+
+    def select_budget(self) -> int:
+        """Room for numbered sentences in a selection prompt."""
+        return self._room(X.SYSTEM_SELECT, X.answer_prompt("", self.question or "?")
+                          if self.mode == "qa" else X.select_prompt("summary", "", None, 16),
+                          max(X.SELECT_MAX_TOKENS, X.ANSWER_MAX_TOKENS), X.select_schema(400, 16))
 
     def collapse_budget(self) -> int:
+        if self.select:
+            return int(self.select_budget() * _NUMBERED_SHARE)
         return self._room(P.SYSTEM_MERGE, P.collapse_prompt(self.mode, "", self.question),
                           P.RECORD_MAX_TOKENS, P.RECORD_SCHEMA)
 
     def direct_budget(self) -> int:
+        if self.select:
+            return int(self.select_budget() * _NUMBERED_SHARE)
         if self.mode == "qa":
             return self._room(P.SYSTEM_DIRECT, P.direct_qa_prompt("", self.question),
                               self._reduce_max, P.DIRECT_SCHEMA)
@@ -176,6 +220,8 @@ class MapReduce:
                           self._reduce_max, None)
 
     def reduce_budget(self) -> int:
+        if self.select:
+            return int(self.select_budget() * _NUMBERED_SHARE)
         if self.mode == "qa":
             return self._room(P.SYSTEM_MERGE, P.reduce_qa_prompt("", self.question),
                               self._reduce_max, P.ANSWER_SCHEMA)
@@ -287,9 +333,52 @@ class MapReduce:
         usage: Usage = {}
         fallbacks: list[str] = []
         with self.lm.step("direct", "read in one call"):
-            answer, cited = await self._direct(ids, text, usage, fallbacks)
+            if self.select:
+                answer, cited = await self._direct_select(ids, text, usage, fallbacks)
+            else:
+                answer, cited = await self._direct(ids, text, usage, fallbacks)
+        answer, support = self._checked(answer, cited)
         self.on_event(Event("reduce", 1, 1, message="done"))
-        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks}
+        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks,
+                "support": support}
+
+    async def _direct_select(self, ids: list[int], text: str, usage: Usage,
+                             fallbacks: list[str]) -> tuple[str, list[int]]:
+        spans = S.evidence(self, ids, text, self.env.chunk(ids[0]).start)
+        kept = S.listing_fits(self, spans, self.select_budget())
+        if len(kept) < len(spans):
+            fallbacks.append(f"direct: {len(spans) - len(kept)} sentences at the end did not fit "
+                             "the numbered prompt and were not read")
+        if self.mode == "summary":
+            whole = S.record(self, ids, 0, kept, "direct")
+            return await S.summarize(self, [whole], usage, fallbacks)
+        return await self._answer_select(kept, ids, usage, node="direct")
+
+    async def _answer_select(self, spans: list[S.Span], ids: list[int], usage: Usage,
+                             node: str) -> tuple[str, list[int]]:
+        if not spans:
+            return NO_ANSWER, []
+        answer, cited, _rests_on = await S.answer(self, spans, usage, node, ids)
+        if not _usable(answer):
+            return NO_ANSWER, []
+        return answer, cited
+
+    def _checked(self, answer: str, cited: list[int]) -> tuple[str, dict[str, Any]]:
+        """The answer's sentences judged against the chunks it cites; with ``strict``,
+        only the supported ones are kept."""
+        if answer == NO_ANSWER or not cited:
+            return answer, {"sentences": 0, "supported": 0, "unsupported": []}
+        source = "\n".join(self.env.chunk(c).text for c in cited if self.env.has_chunk(c))
+        judged = G.support(answer, source)
+        bad = [j for j in judged if not j.supported]
+        report = {"sentences": len(judged), "supported": len(judged) - len(bad),
+                  "unsupported": [j.to_dict() for j in bad]}
+        if self.strict and bad:
+            kept = " ".join(j.sentence for j in judged if j.supported)
+            report["dropped"] = len(bad)
+            answer = kept or (NO_ANSWER if self.mode == "qa" else
+                              "No sentence of the summary was supported by the text it cites.")
+        return answer, report
 
     async def _direct(self, ids: list[int], text: str, usage: Usage,
                       fallbacks: list[str]) -> tuple[str, list[int]]:
@@ -323,23 +412,35 @@ class MapReduce:
         text = self._joined(ids)[piece["start"]:piece["end"]]
         part = f" (part {piece['part'] + 1} of {piece['parts']})" if piece["parts"] > 1 else ""
         usage: Usage = {}
+        fallbacks: list[str] = []
+        first = self.env.chunk(ids[0])
+        offset = first.start + piece["start"]  # where ``text`` starts in its document
         with parent_scope(task.get("step")):
-            obj, raw, how = await self._structured(
-                P.SYSTEM_MAP, P.map_prompt(self.mode, text, self.question, part), node="map",
-                schema=P.RECORD_SCHEMA, max_tokens=P.RECORD_MAX_TOKENS, usage=usage,
-            )
-        record = R.build_record(obj, raw, how, list(ids), piece["index"], self.mode, source=text)
+            if self.select:
+                record = await S.map_piece(self, list(ids), piece["index"], text, offset, part,
+                                           usage, fallbacks)
+            else:
+                quoted = self.grounding == "verify"
+                obj, raw, how = await self._structured(
+                    P.SYSTEM_MAP, P.map_prompt(self.mode, text, self.question, part, quoted),
+                    node="map", schema=P.QUOTED_SCHEMA if quoted else P.RECORD_SCHEMA,
+                    max_tokens=P.QUOTED_MAX_TOKENS if quoted else P.RECORD_MAX_TOKENS, usage=usage,
+                )
+                record = R.build_record(obj, raw, how, list(ids), piece["index"], self.mode, source=text)
+                if quoted:
+                    record = R.verify(record, obj, text, first.document_id, offset)
         self.mapped_count += 1
         label = f"chunk {ids[0]}" + (f"-{ids[-1]}" if len(ids) > 1 else "")
         self.on_event(Event("map", self.mapped_count, task["total"], message=label,
                             data={"chunk_id": ids[0], "chunk_ids": list(ids),
                                   "no_info": record["no_info"]}))
-        return {"mapped": [record], "usage": usage}
+        return {"mapped": [record], "usage": usage, "fallbacks": fallbacks}
 
     def collect(self, state: State) -> dict[str, Any]:
         self.lm.end_step(state.get("map_step"))
         records = state.get("mapped", [])
-        kept = self._order([r for r in records if not r["no_info"]])
+        # An unsupported record never reaches the reduce as support.
+        kept = self._order([r for r in records if not r["no_info"] and not r.get("unsupported")])
         return {"notes": kept, "level": 0, "dropped": len(records) - len(kept)}
 
     def route(self, state: State) -> str:
@@ -365,6 +466,8 @@ class MapReduce:
             nonlocal done
             if len(group) == 1:
                 merged = {**group[0], "parsed": "kept"}
+            elif self.select:
+                merged = await S.merge(self, group, usage)
             else:
                 obj, raw, how = await self._structured(
                     P.SYSTEM_MERGE, P.collapse_prompt(self.mode, self._render(group), self.question),
@@ -396,12 +499,21 @@ class MapReduce:
         notes = B.keep_within(notes, budget, self._render_one, self._tokens)
         fallbacks: list[str] = []
         with self.lm.step("reduce", f"reduce {len(notes)} notes"):
-            if self.mode == "qa":
+            if self.select and self.mode == "summary":
+                answer, cited = await S.summarize(self, notes, usage, fallbacks)
+            elif self.select:
+                spans = [s for n in notes for s in n["spans"]]  # most confident first
+                kept = S.listing_fits(self, spans, self.select_budget())
+                answer, cited = await self._answer_select(
+                    kept, [c for n in notes for c in n["chunk_ids"]], usage, node="reduce")
+            elif self.mode == "qa":
                 answer, cited = await self._reduce_qa(notes, usage, fallbacks)
             else:
                 answer, cited = await self._reduce_summary(notes, usage, fallbacks)
+        answer, support = self._checked(answer, cited)
         self.on_event(Event("reduce", 1, 1, message="done"))
-        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks}
+        return {"answer": answer, "cited": cited, "usage": usage, "fallbacks": fallbacks,
+                "support": support}
 
     async def _reduce_qa(self, notes: list[Record], usage: Usage,
                          fallbacks: list[str]) -> tuple[str, list[int]]:
@@ -511,15 +623,19 @@ def _usable(answer: str) -> bool:
 
 def summarize(target: str | int, *, length: str = "medium", style: str | None = None,
               map_tokens: int | None = None, on_event: OnEvent = ignore,
-              run_id: str | None = None, lm: LM | None = None) -> Result:
+              run_id: str | None = None, lm: LM | None = None, grounding: str | None = None,
+              strict: bool = False) -> Result:
     return run_sync(arun(target, mode="summary", length=length, style=style,
-                         map_tokens=map_tokens, on_event=on_event, run_id=run_id, lm=lm))
+                         map_tokens=map_tokens, on_event=on_event, run_id=run_id, lm=lm,
+                         grounding=grounding, strict=strict))
 
 
 def ask(target: str | int, question: str, *, map_tokens: int | None = None,
-        on_event: OnEvent = ignore, run_id: str | None = None, lm: LM | None = None) -> Result:
+        on_event: OnEvent = ignore, run_id: str | None = None, lm: LM | None = None,
+        grounding: str | None = None, strict: bool = False) -> Result:
     return run_sync(arun(target, mode="qa", question=question, map_tokens=map_tokens,
-                         on_event=on_event, run_id=run_id, lm=lm))
+                         on_event=on_event, run_id=run_id, lm=lm, grounding=grounding,
+                         strict=strict))
 
 
 def resume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
@@ -529,16 +645,18 @@ def resume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> 
 async def arun(
     target: str | int, *, mode: str, question: str | None = None, length: str = "medium",
     style: str | None = None, map_tokens: int | None = None, on_event: OnEvent = ignore,
-    run_id: str | None = None, lm: LM | None = None,
+    run_id: str | None = None, lm: LM | None = None, grounding: str | None = None,
+    strict: bool = False,
 ) -> Result:
     """Run map-reduce over ``target`` (a document or corpus) and record it as a Run."""
     lm = lm or get_lm()
     env = Environment.load(target, lm=lm)
     job = MapReduce(env, lm, mode=mode, question=question, length=length, style=style,
-                    map_tokens=map_tokens, on_event=on_event)  # validates the options
+                    map_tokens=map_tokens, on_event=on_event, grounding=grounding,
+                    strict=strict)  # validates the options
     job.map_budget()  # a window too small for any text fails here, before the Run exists
     params = {"mode": mode, "length": length, "style": style, "map_tokens": job.map_tokens,
-              **_runs.serving_of(lm)}
+              "grounding": job.grounding, "strict": job.strict, **_runs.serving_of(lm)}
     run_id = _runs.create_run(run_id, PIPELINE, env.target.label, job.question, params)
     return await _execute(job, run_id)
 
@@ -555,7 +673,9 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     env = Environment.load(run["target"], lm=lm)
     job = MapReduce(env, lm, mode=params.get("mode", "summary"), question=run["question"],
                     length=params.get("length", "medium"), style=params.get("style"),
-                    map_tokens=params.get("map_tokens"), on_event=on_event)
+                    map_tokens=params.get("map_tokens"), on_event=on_event,
+                    # Runs from before grounding existed checkpointed unchecked records.
+                    grounding=params.get("grounding", "off"), strict=params.get("strict", False))
     return await _execute(job, run_id)
 
 
@@ -610,13 +730,14 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
     for rec in mapped:
         parsed[rec["parsed"]] = parsed.get(rec["parsed"], 0) + 1
     fallbacks = list(final.get("fallbacks", []))
+    unsupported = [r for r in mapped if r.get("unsupported")]
     if parsed.get("fallback"):
         fallbacks.insert(0, f"map: {parsed['fallback']} of {len(mapped)} replies were not the "
                             "JSON asked for, even after a retry; their raw text became the notes")
     return Result(
         answer=final.get("answer", ""),
         provenance=R.provenance(job.env, final.get("cited", []), mapped,
-                                hint=final.get("answer", "") if final.get("direct") else ""),
+                                hint=final.get("answer", "")),
         run_id=run_id,
         pipeline=PIPELINE,
         calls=usage.get("calls", 0),
@@ -631,5 +752,12 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
             "collapse_levels": final.get("level", 0), "parsed": parsed,
             "backend": job.lm.backend.name, "model": job.lm.model,
             "fallbacks": fallbacks,
+            "grounding": job.grounding, "strict": job.strict,
+            # Records whose facts their own text does not bear out: never in the reduce.
+            "unsupported_records": len(unsupported),
+            "unsupported_examples": [
+                {"chunk_ids": r["chunk_ids"][:3], "why": r["unsupported"],
+                 "note": (r["answer"] or r["extracted"])[:200]} for r in unsupported[:5]],
+            "support": final.get("support") or {},
         },
     )

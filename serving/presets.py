@@ -21,6 +21,9 @@ class Preset:
     model: str  # Hugging Face id (vLLM) or what the embedded backend loads
     context_window: int
     writes_code: bool  # good enough to drive the recursive (REPL) controller
+    # Writes poorly enough that reading should select sentences, not write notes (the
+    # text is then the record, and nothing in it can be invented).
+    extractive: bool = False
     backend: str = "openai"  # the tomes backend that talks to it once it runs
     tokenizer: str | None = None  # Hugging Face id of its tokenizer
     attention: str = ""  # what makes the long window affordable
@@ -36,6 +39,7 @@ class Preset:
         return {
             "name": self.name, "model": self.model, "backend": self.backend,
             "context_window": self.context_window, "writes_code": self.writes_code,
+            "extractive": self.extractive,
             "tokenizer": self.tokenizer, "attention": self.attention,
             "vllm_args": list(self.vllm_args), "env": dict(self.env), "gpus": self.gpus,
             "gpu_memory_gb": self.gpu_memory_gb, "max_num_seqs": self.max_num_seqs,
@@ -48,6 +52,7 @@ EMBEDDED = Preset(
     model="SmolLM2-135M-Instruct",
     context_window=8192,
     writes_code=False,
+    extractive=True,
     backend="embedded",
     tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct",
     attention="dense, 8K window; runs on CPU through xllamacpp's parallel slots",
@@ -205,6 +210,11 @@ def get(name: str) -> Preset:
         raise BackendError(
             f"unknown model preset {name!r}", f"choose one of: {', '.join(_PRESETS)} (`tomes models`)"
         ) from None
+
+
+def of(backend: str, model: str | None) -> Preset | None:
+    """The preset of what a backend runs: the in-process backends run the embedded model."""
+    return EMBEDDED if backend in ("embedded", "transformers") else find(model)
 
 
 def find(model: str | None) -> Preset | None:

@@ -4,11 +4,14 @@ said, in the result and on the command line."""
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
 
+from app import settings
 from app.api import Tomes
 from app.cli import app as cli
 from pipelines import _mapreduce_prompts as P
@@ -17,6 +20,16 @@ from serving.backends.scripted import ScriptedBackend
 from serving.base import ChatRequest
 from serving.lm import LM
 from tests.test_mapreduce import FILLER, PARIS, chunk_rows, chunk_with, ingest_story, kind, record
+
+
+@pytest.fixture(autouse=True)
+def _records_as_scripted():
+    """These tests script the model's records to test the pipeline's mechanics, with
+    records that need not be borne out by their text; grounding has its own tests
+    (tests/test_grounding.py)."""
+    with settings.override(grounding="off"):
+        yield
+
 
 
 def _walk(nodes: list[dict[str, Any]], depth: int = 1):

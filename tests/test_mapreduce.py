@@ -39,6 +39,16 @@ PARIS = "The captain's letter says plainly that the treasure is buried in Paris 
 LYON = "A drunk sailor at the inn once guessed that the treasure might lie somewhere near Lyon."
 
 
+@pytest.fixture(autouse=True)
+def _records_as_scripted():
+    """These tests script the model's records to test the pipeline's mechanics, with
+    records that need not be borne out by their text; grounding has its own tests
+    (tests/test_grounding.py)."""
+    with settings.override(grounding="off"):
+        yield
+
+
+
 def record(answer: str, conf: int, extracted: str = "", rationale: str = "r") -> str:
     return json.dumps({"extracted": extracted or answer, "rationale": rationale,
                        "answer": answer, "confidence": conf})
