@@ -18,6 +18,7 @@ from pipelines.result import Provenance, Result
 # by it with a TomesError.
 STRATEGIES: dict[str, str] = {
     "mapreduce": "pipelines.mapreduce",
+    "recursive": "pipelines.recursive",
 }
 
 

@@ -1,0 +1,329 @@
+"""The recursive-LM controller, after Recursive Language Models (Zhang, Kraska, Khattab 2025).
+
+The root model never sees the long input: it sees its size and shape and works on it
+through an environment, one iteration at a time, calling sub-models (and child
+controllers, one level deeper each) on the pieces it chooses. Two modes:
+
+- ``code``: the model writes Python run in a sandboxed REPL out of process, where the
+  input is the variable ``context`` (``pipelines._repl``);
+- ``actions``: for models that cannot write code (the embedded SmolLM2), a small action
+  language under a JSON schema that the controller runs itself (``pipelines._actions``).
+
+The default comes from the model's preset (``writes_code``). Limits - iterations, depth,
+tokens, wall time, consecutive errors - end a run with the best partial answer and
+``details["limit"]`` naming the limit. Each iteration is one LangGraph step checkpointed
+in SQLite under the run id, so a killed run resumes without asking the model again for
+finished iterations; code mode rebuilds the REPL by replaying their code with the
+sub-calls answered from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from app.errors import TomesError
+from app.events import Event, OnEvent, ignore
+from pipelines import _records as R
+from pipelines import _runs
+from pipelines._recursive_run import MODES, Limits, RunContext, Trace, add_usage, new_controller
+from pipelines.environment import Environment
+from pipelines.result import Provenance, Result
+from serving.lm import LM, get_lm, run_scope, run_sync
+
+PIPELINE = "recursive"
+# "sync": an iteration's checkpoint is written before the next one asks the model, so a
+# kill at any point loses at most the iteration under way ("async" measured no faster:
+# bench/recursive_peers.py).
+DURABILITY = "sync"
+OPTIONS = ("mode", "max_depth", "max_iterations", "budget_tokens", "max_seconds", "max_errors",
+           "output_chars", "map_chunks")
+_MINIMA = {"max_depth": 0, "max_iterations": 1, "budget_tokens": 1, "max_seconds": 0.001,
+           "max_errors": 1, "output_chars": 200, "map_chunks": 1}
+
+
+class State(TypedDict, total=False):
+    question: str
+    iterations: Annotated[list[dict[str, Any]], operator.add]
+    usage: Annotated[dict[str, int], add_usage]
+    answer: str
+    how: str
+    limit: str | None
+    closing: dict[str, Any]  # the trace of the partial answer's calls, if any
+
+
+def default_mode(lm: LM) -> tuple[str, str]:
+    """(mode, why): code for models whose preset says they write code, else actions."""
+    from serving import presets
+
+    backend = lm.backend.name
+    preset = presets.EMBEDDED if backend in ("embedded", "transformers") else presets.find(lm.model)
+    if preset is None:
+        return "actions", f"{lm.model} has no preset saying it writes code"
+    mode = "code" if preset.writes_code else "actions"
+    return mode, f"preset {preset.name}: writes_code={preset.writes_code}"
+
+
+def _limits(options: dict[str, Any]) -> Limits:
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "mode" or value is None:
+            continue
+        number = float(value) if key == "max_seconds" else int(value)
+        if number < _MINIMA[key]:
+            raise TomesError(f"{key} is {value}", f"use {_MINIMA[key]:g} or more")
+        values[key] = number
+    return Limits(**values)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TomesError(
+            f"the recursive strategy has no option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)}",
+            f"use {', '.join(OPTIONS)}",
+        )
+    mode = options.get("mode")
+    if mode is not None and mode not in MODES:
+        raise TomesError(f"unknown recursive mode {mode!r}", f"use one of: {', '.join(MODES)}")
+
+
+def _require_sandbox() -> None:
+    try:
+        import pipelines._sandbox  # noqa: F401
+    except ImportError as exc:
+        raise TomesError(f"code mode needs the sandbox, which cannot be loaded ({exc})",
+                         "use --mode actions") from exc
+
+
+# --- the graph -------------------------------------------------------------------------
+
+
+class Recursive:
+    """One recursive run over an Environment; ``graph()`` is its LangGraph."""
+
+    def __init__(self, env: Environment, lm: LM, *, question: str, mode: str, limits: Limits,
+                 on_event: OnEvent = ignore, mode_from: str = "option") -> None:
+        if not (question or "").strip():
+            raise TomesError("the question is empty", "ask a question in words")
+        self.env = env
+        self.lm = lm
+        self.question = question.strip()
+        self.mode = mode
+        self.mode_from = mode_from
+        self.limits = limits
+        self.on_event = on_event
+        self.run = RunContext(env, lm, mode=mode, limits=limits, on_event=on_event)
+        self.root = new_controller(self.run, self.run.root_view, self.question, 0, None)
+        self._opened = False
+
+    def prime(self, values: dict[str, Any]) -> None:
+        """Carry a resumed run's spending (tokens, working time) into its limits."""
+        history = values.get("iterations", [])
+        self.run = RunContext(self.env, self.lm, mode=self.mode, limits=self.limits,
+                              on_event=self.on_event, used=values.get("usage"),
+                              seconds_before=sum(r.get("seconds", 0.0) for r in history))
+        self.root = new_controller(self.run, self.run.root_view, self.question, 0, None)
+
+    async def _open(self, history: list[dict[str, Any]]) -> None:
+        if not self._opened:
+            self._opened = True
+            await self.root.open(history)
+
+    async def iterate(self, state: State) -> dict[str, Any]:
+        history = state.get("iterations", [])
+        await self._open(history)
+        trace = Trace()
+        record = await self.root.step(history, trace)
+        record.update(trace.to_record())
+        return {"iterations": [record], "usage": trace.usage}
+
+    def route(self, state: State) -> str:
+        history = state.get("iterations", [])
+        if history and history[-1].get("final") is not None:
+            return "finish"
+        return "finish" if self.run.limit_for(history) else "iterate"
+
+    async def finish(self, state: State) -> dict[str, Any]:
+        history = state.get("iterations", [])
+        last = history[-1] if history else {}
+        trace = Trace()
+        if last.get("final") is not None:
+            answer, how, limit = last["final"], "final", None
+        else:
+            limit = self.run.limit_for(history) or "iterations"
+            await self._open(history)
+            answer, how = await self.root.partial(history, limit, trace)
+        self.on_event(Event("answer", 1, 1, message="done" if limit is None else f"{limit} limit"))
+        return {"answer": answer, "how": how, "limit": limit, "usage": trace.usage,
+                "closing": trace.to_record()}
+
+    def graph(self) -> Any:
+        from langgraph.graph import END, START, StateGraph
+
+        builder = StateGraph(State)
+        builder.add_node("iterate", self.iterate)
+        builder.add_node("finish", self.finish)
+        builder.add_edge(START, "iterate")
+        builder.add_conditional_edges("iterate", self.route, ["iterate", "finish"])
+        builder.add_edge("finish", END)
+        return builder
+
+    def close(self) -> None:
+        self.root.close()
+        self.run.close()
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def ask(target: str | int, question: str, *, on_event: OnEvent = ignore,
+        run_id: str | None = None, lm: LM | None = None, **options: Any) -> Result:
+    return run_sync(aask(target, question, on_event=on_event, run_id=run_id, lm=lm, **options))
+
+
+def resume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
+    return run_sync(aresume(run_id, on_event=on_event, lm=lm))
+
+
+async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
+               run_id: str | None = None, lm: LM | None = None, **options: Any) -> Result:
+    """Answer ``question`` over ``target`` (a document or corpus), recorded as a Run."""
+    check_options(options)
+    lm = lm or get_lm()
+    mode, mode_from = options.get("mode"), "option"
+    if mode is None:
+        mode, mode_from = default_mode(lm)
+    if mode == "code":
+        _require_sandbox()
+    limits = _limits(options)
+    env = Environment.load(target, lm=lm)
+    job = Recursive(env, lm, question=question, mode=mode, limits=limits, on_event=on_event,
+                    mode_from=mode_from)
+    params = {"mode": mode, "mode_from": mode_from, "limits": limits.to_dict(),
+              **_runs.serving_of(lm)}
+    try:
+        run_id = _runs.create_run(run_id, PIPELINE, env.target.label, job.question, params)
+    except BaseException:
+        job.close()
+        raise
+    return await _execute(job, run_id)
+
+
+async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
+    """Continue a run from its last finished iteration; a finished run returns its result."""
+    run = _runs.load_run(run_id)
+    if run["pipeline"] != PIPELINE:
+        raise TomesError(f"run {run_id} is a {run['pipeline']} run", "resume it with its own pipeline")
+    if run["status"] == "done" and run["result"]:
+        return Result.from_dict(run["result"])
+    params = run["params"] or {}
+    lm = lm or _runs.lm_for_run(run)
+    mode = params.get("mode", "actions")
+    if mode == "code":
+        _require_sandbox()
+    env = Environment.load(run["target"], lm=lm)
+    job = Recursive(env, lm, question=run["question"] or "", mode=mode,
+                    limits=Limits(**(params.get("limits") or {})), on_event=on_event,
+                    mode_from=params.get("mode_from", "option"))
+    return await _execute(job, run_id)
+
+
+async def _execute(job: Recursive, run_id: str) -> Result:
+    _runs.mark_running(run_id)
+    config = {"configurable": {"thread_id": run_id},
+              "recursion_limit": job.limits.max_iterations + 8}
+    try:
+        with run_scope(run_id):
+            async with _runs.checkpointer() as saver:
+                await saver.setup()
+                # WAL (set by the saver) with NORMAL: a commit survives a killed process
+                # without an fsync per iteration (as the store does, app/store/db.py).
+                await saver.conn.execute("PRAGMA synchronous=NORMAL")
+                graph = job.graph().compile(checkpointer=saver)
+                snapshot = await graph.aget_state(config)
+                if snapshot.values:
+                    job.prime(snapshot.values)
+                    inputs = None
+                else:
+                    inputs = {"question": job.question}
+                final = await graph.ainvoke(inputs, config, durability=DURABILITY)
+    except TomesError as exc:
+        _runs.fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
+        resume_fix = f"continue with `tomes resume {run_id}` (finished iterations are kept)"
+        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
+    except Exception as exc:
+        _runs.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise TomesError(
+            f"run {run_id} stopped: {exc}",
+            f"fix the cause, then continue with `tomes resume {run_id}` (finished iterations are kept)",
+        ) from exc
+    except BaseException:
+        _runs.interrupt_run(run_id)
+        raise
+    finally:
+        job.close()
+    result = _result(job, run_id, final)
+    _runs.finish_run(run_id, result.answer, result.to_dict())
+    return result
+
+
+def _result(job: Recursive, run_id: str, final: dict[str, Any]) -> Result:
+    history = final.get("iterations", [])
+    closing = final.get("closing") or {}
+    parts = [*history, closing]
+    usage = final.get("usage", {}) or {}
+    answer = final.get("answer", "")
+    read = list(dict.fromkeys(c for r in parts for c in r.get("read", [])))
+    seen = list(dict.fromkeys(c for r in parts for c in r.get("seen", [])))
+    candidates = list(dict.fromkeys(read + seen))
+    hint = answer if final.get("how") != "none" else job.question
+    cited = R.supporting_chunks(job.env, candidates, hint, most=5) if candidates else []
+    ordered = cited + [c for c in read if c not in cited]
+    limits_hit = [hit for r in parts for hit in r.get("limits_hit", [])]
+    if final.get("limit"):
+        limits_hit.append({"limit": final["limit"], "depth": 0})
+    return Result(
+        answer=answer,
+        provenance=_provenance(job.env, ordered, hint),
+        run_id=run_id,
+        pipeline=PIPELINE,
+        calls=usage.get("calls", 0),
+        cache_hits=usage.get("cache_hits", 0),
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+        details={
+            "mode": job.mode, "mode_from": job.mode_from, "question": job.question,
+            "target": job.env.target.label, "iterations": len(history),
+            "depth": max([r.get("reached", 0) for r in parts] or [0]),
+            "limit": final.get("limit"), "limits_hit": limits_hit,
+            "answer_from": final.get("how"), "cited": cited, "read": read,
+            "fallbacks": [f for r in parts for f in r.get("fallbacks", [])],
+            "sandbox_warnings": list(dict.fromkeys(
+                w for r in parts for w in r.get("sandbox_warnings", []))),
+            "limits": job.limits.to_dict(), "steps": [_step(r) for r in history],
+            "backend": job.lm.backend.name, "model": job.lm.model,
+        },
+    )
+
+
+def _step(record: dict[str, Any]) -> dict[str, Any]:
+    what = record.get("action") or {"code": [b.get("code", "")[:200] for b in record.get("blocks", [])]}
+    return {"n": record.get("n"), "what": what, "error": bool(record.get("error")),
+            "observation": " ".join((record.get("observation") or "").split())[:300],
+            "call_id": record.get("call_id"), "seconds": record.get("seconds")}
+
+
+def _provenance(env: Environment, chunk_ids: list[int], hint: str) -> list[Provenance]:
+    out = []
+    for cid in chunk_ids:
+        if not env.has_chunk(cid):
+            continue
+        chunk = env.chunk(cid)
+        out.append(Provenance(
+            chunk_id=cid, document_id=chunk.document_id,
+            title=env.document(chunk.document_id).title, start=chunk.start, end=chunk.end,
+            page=chunk.page, quote=R.quote(chunk.text, hint),
+        ))
+    return out
