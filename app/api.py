@@ -371,6 +371,10 @@ class Tomes:
                                node="check", cache=False)
             latency = (time.perf_counter() - started) * 1000
             info = lm.describe()
+            if info.get("context_window") is None:
+                # Not learnt by the chat: the window every run on this backend budgets with
+                # (from the server's model listing, its preset, or the default).
+                info["context_window"] = lm.backend.context_window
         info.update(reply=response.text, latency_ms=round(latency, 1),
                     base_url=getattr(lm.backend, "base_url", None))
         return info
@@ -381,13 +385,17 @@ class Tomes:
     def summarize(
         self, doc: str | int, *, length: str = "medium", style: str | None = None,
         on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+        grounding: str | None = None, strict: bool = False,
     ) -> Result:
         """Summarize a document (or corpus) by map-reduce; length short|medium|long.
-        ``map_tokens`` packs consecutive chunks into map calls of up to that many tokens."""
+        ``map_tokens`` packs consecutive chunks into map calls of up to that many tokens;
+        ``grounding`` (auto|select|verify|off) how records are kept true to the text;
+        ``strict`` drops summary sentences the cited text does not bear out."""
         from pipelines import mapreduce
 
         return mapreduce.summarize(doc, length=length, style=style, map_tokens=map_tokens,
-                                   on_event=on_event, run_id=run_id)
+                                   on_event=on_event, run_id=run_id, grounding=grounding,
+                                   strict=strict)
 
     @_scoped
     def ask(

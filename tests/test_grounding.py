@@ -189,3 +189,42 @@ def test_the_default_grounding_follows_the_models_preset_and_the_setting(tmp_pat
         with settings.override(grounding="maybe"):
             pass
     assert P.NO_INFO  # the prompts module is shared by both ways of reading
+
+
+class Baker(ScriptedBackend):
+    """Picks the baker's sentences, then answers with one sentence the text never says."""
+
+    name = "baker"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(self.reply, **kwargs)
+
+    @staticmethod
+    def reply(req: ChatRequest) -> str:
+        lines = _numbered(req)
+        if '"answer"' in text_of(req):
+            bread = next(n for n, s in lines if "rye" in s)
+            return json.dumps({"answer": "His rye loaf is famous. He was born in Dunmore in 1820.",
+                               "sentences": [bread]})
+        return json.dumps({"sentences": [n for n, s in lines if "rye" in s][:3], "label": "bread"})
+
+
+def test_the_cli_flags_unsupported_sentences_and_strict_drops_them(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+    from serving import registry
+
+    monkeypatch.setitem(registry._BACKENDS, "baker", f"{__name__}:Baker")
+    doc = ingest_story(tmp_path, FILLER)
+    args = ["ask", str(doc), "What is the baker famous for?", "--strategy", "mapreduce",
+            "--map-tokens", "0", "--backend", "baker", "--grounding", "select"]
+    shown = CliRunner().invoke(cli, args)
+    assert shown.exit_code == 0, shown.output
+    out = " ".join(shown.output.split())
+    assert "unsupported: He was born in Dunmore in 1820." in out and "names Dunmore" in out
+    strict = CliRunner().invoke(cli, [*args, "--strict"])
+    out = " ".join(strict.output.split())
+    assert strict.exit_code == 0 and "dropped: He was born in Dunmore" in out
+    answer = strict.stdout.split("\n\nrests on")[0] if strict.stdout else out
+    assert "His rye loaf is famous." in answer and "1820" not in answer.split("dropped:")[0]

@@ -22,6 +22,12 @@ MapTokensOpt = typer.Option(
 )
 
 
+GROUNDING_HELP = ("How records stay true to the text: select (pick sentences; the default "
+                  "for the embedded model) | verify (records quote their text, checked) | off | "
+                  "auto (default: TOMES_GROUNDING).")
+STRICT_HELP = "Drop answer sentences that the text they cite does not bear out."
+
+
 @app.command("summarize")
 def summarize_cmd(
     doc: str = typer.Argument(..., help="Document id, title or file name (or a corpus name)."),
@@ -29,6 +35,8 @@ def summarize_cmd(
     style: str = typer.Option(None, "--style", "-s", help='Free text, e.g. "bullet points".'),
     backend: str = BackendOpt,
     map_tokens: int = MapTokensOpt,
+    grounding: str = typer.Option(None, "--grounding", help=GROUNDING_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Summarize a long document by map-reduce, with the chunks the summary rests on."""
@@ -36,7 +44,8 @@ def summarize_cmd(
         raise typer.BadParameter("choose short, medium or long", param_hint="--length")
     with progress(not as_json) as on_event:
         result = Tomes(backend=backend).summarize(doc, length=length, style=style,
-                                                  map_tokens=map_tokens, on_event=on_event)
+                                                  map_tokens=map_tokens, on_event=on_event,
+                                                  grounding=grounding, strict=strict)
     _show(result, as_json)
 
 
@@ -55,13 +64,15 @@ def ask_cmd(
                                        help="recursive: root iterations."),
     budget_tokens: int = typer.Option(None, "--budget-tokens", min=1,
                                       help="recursive: total token budget."),
+    grounding: str = typer.Option(None, "--grounding", help="mapreduce: " + GROUNDING_HELP),
+    strict: bool = typer.Option(False, "--strict", help="mapreduce: " + STRICT_HELP),
     as_json: bool = JsonOpt,
 ) -> None:
     """Answer a question over a document or corpus, with provenance."""
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose one of: {', '.join(STRATEGIES)}", param_hint="--strategy")
     given = {"mode": mode, "max_depth": max_depth, "max_iterations": max_iterations,
-             "budget_tokens": budget_tokens}
+             "budget_tokens": budget_tokens, "grounding": grounding, "strict": strict or None}
     options = {k: v for k, v in given.items() if v is not None}
     with progress(not as_json) as on_event:
         result = Tomes(backend=backend).ask(target, question, strategy=strategy,
@@ -138,6 +149,15 @@ def _show(result: Result, as_json: bool) -> None:
             )
         if len(result.provenance) > 12:
             console.print(f"  [dim]... {len(result.provenance) - 12} more chunks (see --json)[/]")
+    support = result.details.get("support") or {}
+    for judged in support.get("unsupported") or []:
+        mark = "dropped" if support.get("dropped") else "unsupported"
+        console.print(f"[red]{mark}:[/] {safe(judged['sentence'])} [dim](not borne out by the "
+                      f"text it cites{'; names ' + ', '.join(judged['invented']) if judged['invented'] else ''})[/]",
+                      highlight=False)
+    if result.details.get("unsupported_records"):
+        console.print(f"[yellow]unchecked:[/] {result.details['unsupported_records']} notes were not "
+                      "borne out by their own text and were left out", highlight=False)
     for note in result.details.get("fallbacks") or []:  # never silent: the answer is less than asked
         console.print(f"[yellow]fallback:[/] {safe(note)}", highlight=False)
     cached = f", {result.cache_hits} from cache" if result.cache_hits else ""
