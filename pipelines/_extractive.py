@@ -27,12 +27,14 @@ def map_keep(n: int) -> int:
     return max(2, min(8, n // MAP_SHARE))
 
 
-def select_schema(n: int, most: int) -> dict[str, Any]:
+def select_schema(n: int, most: int, least: int = 0) -> dict[str, Any]:
+    """``least``: a summary's pick must take that many (a small model left free often
+    stops at one sentence)."""
     return {
         "type": "object",
         "properties": {
             "sentences": {"type": "array", "items": {"type": "integer", "enum": list(range(1, n + 1))},
-                          "maxItems": most},
+                          "minItems": min(least, n), "maxItems": most},
             "label": {"type": "string"},
         },
         "required": ["sentences", "label"],

@@ -93,7 +93,8 @@ async def map_piece(job: MapReduce, ids: list[int], position: int, text: str, of
         return record(job, ids, position, [], "empty")
     obj, raw, how = await job._structured(
         X.SYSTEM_SELECT, X.select_prompt(job.mode, numbered(spans), job.question, most, part),
-        node="map", schema=X.select_schema(len(spans), most), max_tokens=X.SELECT_MAX_TOKENS,
+        node="map", schema=X.select_schema(len(spans), most, most if job.mode == "summary" else 0),
+        max_tokens=X.SELECT_MAX_TOKENS,
         usage=usage)
     chosen = _picked(obj, raw, len(spans), most)
     if not chosen and job.mode == "summary":
@@ -116,7 +117,8 @@ async def merge(job: MapReduce, group: list[Record], usage: Usage) -> Record:
     listing = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
     obj, raw, how = await job._structured(
         X.SYSTEM_SELECT, X.select_prompt(job.mode, listing, job.question, most),
-        node="collapse", schema=X.select_schema(len(spans), most), max_tokens=X.SELECT_MAX_TOKENS,
+        node="collapse", schema=X.select_schema(len(spans), most, most if job.mode == "summary" else 0),
+        max_tokens=X.SELECT_MAX_TOKENS,
         usage=usage)
     chosen = _picked(obj, raw, len(spans), most) or list(range(1, most + 1))
     return record(job, ids, position, [spans[i - 1] for i in chosen], "merged",
@@ -133,7 +135,7 @@ async def summarize(job: MapReduce, notes: list[Record], usage: Usage,
         listing = "\n".join(f"[{i + 1}] {t}" for i, t in enumerate(texts))
         obj, raw, _how = await job._structured(
             X.SYSTEM_SELECT, X.select_prompt("summary", listing, None, most), node="reduce",
-            schema=X.select_schema(len(spans), most), max_tokens=X.SELECT_MAX_TOKENS, usage=usage)
+            schema=X.select_schema(len(spans), most, most), max_tokens=X.SELECT_MAX_TOKENS, usage=usage)
         chosen = _picked(obj, raw, len(spans), most)
         if not chosen:
             fallbacks.append(f"reduce: the final pick chose no sentence; the first {most} "
