@@ -31,10 +31,11 @@ def sentence_text(job: MapReduce, span: Span) -> str:
 
 def _chunks_of(job: MapReduce, spans: list[Span], fallback: list[int]) -> list[int]:
     ids: list[int] = []
-    for doc_id, start, _end in spans:
-        chunk = job.env.chunk_at(doc_id, start)
-        if chunk is not None and chunk.id not in ids:
-            ids.append(chunk.id)
+    for doc_id, start, end in spans:  # a sentence may run on into the next chunk
+        for at in (start, end - 1):
+            chunk = job.env.chunk_at(doc_id, at)
+            if chunk is not None and chunk.id not in ids:
+                ids.append(chunk.id)
     return ids or list(fallback)
 
 
