@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Debian Chromium + chromedriver for the real-browser UI test (nothing when present).
+bash scripts/browser-deps.sh
 exec .venv/bin/pytest "$@"
