@@ -23,6 +23,7 @@ from app.ingest.service import IngestReport, ingest, read_warnings
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
 from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
+from pipelines.batch import BatchReport  # noqa: F401 - part of the API
 from pipelines.targets import id_also_names, resolve_document
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -333,13 +334,16 @@ class Tomes:
     def strategies(self) -> list[dict[str, Any]]:
         """Every strategy ``ask`` offers (``pipelines.STRATEGIES``): name, a line about
         it, and whether it can run here (a module may define ``unavailable(settings)``
-        returning why not; one that cannot be imported is unavailable with the error)."""
+        returning why not; one that cannot be imported is unavailable with the error), and
+        the options it takes."""
         import importlib
+
+        from pipelines._dispatch import options_of
 
         out = []
         for name, module_name in STRATEGIES.items():
             entry: dict[str, Any] = {"name": name, "available": True, "reason": None,
-                                     "about": ""}
+                                     "about": "", "options": []}
             try:
                 module = importlib.import_module(module_name)
             except Exception as exc:  # noqa: BLE001 - shown to the user as the reason
@@ -347,6 +351,10 @@ class Tomes:
                 out.append(entry)
                 continue
             entry["about"] = ((module.__doc__ or "").strip().splitlines() or [""])[0]
+            try:  # what the UI offers for it
+                entry["options"] = list(options_of(module))
+            except (AttributeError, TypeError, ValueError):
+                entry["options"] = []  # no usable ask(): the options are unknown
             check = getattr(module, "unavailable", None)
             if callable(check):
                 reason = check(self.settings)
@@ -399,21 +407,44 @@ class Tomes:
 
     @_scoped
     def ask(
-        self, target: str | int, question: str, *, strategy: str = "mapreduce",
+        self, target: str | int, question: str, *, strategy: str = "auto",
         on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
         **options: Any,
     ) -> Result:
         """Answer a question over a document or corpus with the chosen strategy
-        (``pipelines.STRATEGIES``); ``options`` go to that strategy (e.g. mode=,
-        max_depth= for recursive)."""
+        (``pipelines.STRATEGIES``; ``auto`` picks one and says why in
+        ``result.details``); ``options`` go to that strategy (e.g. k= for rag, mode=,
+        max_depth= for recursive) and unknown ones are refused."""
         from pipelines import strategy_module
+        from pipelines._dispatch import check_options
 
         if not question or not question.strip():
             raise TomesError("the question is empty", "ask a question in words")
         module = strategy_module(strategy)
         if map_tokens is not None:
             options["map_tokens"] = map_tokens
+        check_options(strategy, module, options)
         return module.ask(target, question, on_event=on_event, run_id=run_id, **options)
+
+    @_scoped
+    def memory(self, target: str | int, *, entity: str | None = None, build: bool = False,
+               on_event: OnEvent = ignore, top: int = 10) -> dict[str, Any]:
+        """The episodic memory workspace of a document, or the merged view of a corpus:
+        counts with the top entities and places, or with ``entity`` (any of its names)
+        that entity's timeline of roles, states and events. ``build`` first reads the
+        chunks the workspace lacks (``memory_build``)."""
+        from pipelines import episodic
+
+        return episodic.show(target, entity=entity, build=build, on_event=on_event, top=top)
+
+    @_scoped
+    def memory_build(self, target: str | int, *, on_event: OnEvent = ignore,
+                     run_id: str | None = None) -> Result:
+        """Read a document's or corpus's chunks into its memory workspace: only those it
+        has not read (adding a document reads just that document). A run: resumable."""
+        from pipelines import episodic
+
+        return episodic.build(target, on_event=on_event, run_id=run_id)
 
     @_scoped
     def resume(self, run_id: str, *, on_event: OnEvent = ignore, backend: str | None = None,
@@ -514,6 +545,177 @@ class Tomes:
         return start(plan(preset, host=host, port=port, extra=list(extra)), timeout=timeout,
                      on_event=on_event)
 
+    # --- batches ---------------------------------------------------------------------
+
+    @_scoped
+    def batch(
+        self, source: str | Path | Sequence[str | dict[str, Any]], out: str | Path, *,
+        concurrency: int | None = None, corpus: str = "default", retry_failed: bool = False,
+        on_event: OnEvent = ignore, lm: Any = None,
+    ) -> Any:
+        """Run a JSONL batch of questions and summaries (``pipelines.batch``): ``source``
+        is a file or the lines themselves (dicts or JSON text); answers go to ``out`` as they
+        finish. Resumable: ids already in ``out`` are skipped (failed ones too, unless
+        ``retry_failed``), runs cut off are carried on. File targets are ingested into
+        ``corpus``. Returns a ``BatchReport``."""
+        from serving.lm import run_sync
+
+        return run_sync(self.abatch(source, out, concurrency=concurrency, corpus=corpus,
+                                    retry_failed=retry_failed, on_event=on_event, lm=lm))
+
+    async def abatch(
+        self, source: str | Path | Sequence[str | dict[str, Any]], out: str | Path, *,
+        concurrency: int | None = None, corpus: str = "default", retry_failed: bool = False,
+        on_event: OnEvent = ignore, lm: Any = None,
+    ) -> Any:
+        from pipelines import batch
+
+        with _settings.override(**self._changes):
+            return await batch.arun(source, out, concurrency=concurrency,
+                                    retry_failed=retry_failed, on_event=on_event, lm=lm,
+                                    ingest_path=lambda path: self._ingest_one(path, corpus))
+
+    def _ingest_one(self, path: Path, corpus: str) -> int:
+        """A file's document id, ingesting it first if it is new. Not embedded here: a
+        search embeds what it needs."""
+        report = self.ingest([path], corpus, embed=False)
+        outcome = report.outcomes[0]
+        if outcome.document_id is None:
+            raise TomesError(outcome.error or f"{path} could not be ingested",
+                             "fix the file, or name an ingested document instead")
+        return outcome.document_id
+
+    def summarize_each(
+        self, corpus: str, *, length: str = "medium", style: str | None = None,
+        out: str | Path | None = None, concurrency: int | None = None,
+        retry_failed: bool = False, map_tokens: int | None = None,
+        grounding: str | None = None, strict: bool = False,
+        on_event: OnEvent = ignore, lm: Any = None,
+    ) -> Any:
+        """One summary per document of ``corpus``, as a batch (resumable the same way);
+        ``out`` defaults to a file under the home named for the corpus and length."""
+        from serving.lm import run_sync
+
+        return run_sync(self.asummarize_each(
+            corpus, length=length, style=style, out=out, concurrency=concurrency,
+            retry_failed=retry_failed, map_tokens=map_tokens, grounding=grounding,
+            strict=strict, on_event=on_event, lm=lm))
+
+    async def asummarize_each(
+        self, corpus: str, *, length: str = "medium", style: str | None = None,
+        out: str | Path | None = None, concurrency: int | None = None,
+        retry_failed: bool = False, map_tokens: int | None = None,
+        grounding: str | None = None, strict: bool = False,
+        on_event: OnEvent = ignore, lm: Any = None,
+    ) -> Any:
+        import hashlib
+
+        if corpus.startswith("corpus:"):
+            corpus = corpus.removeprefix("corpus:")
+        if corpus not in await self.acorpora():
+            raise NotFound(f"no corpus named {corpus!r}", "list corpora with `tomes docs`")
+        docs = await self.adocuments(corpus)
+        summary: dict[str, Any] = {"length": length}
+        if style:
+            summary["style"] = style
+        given = {"map_tokens": map_tokens, "grounding": grounding, "strict": strict or None}
+        options = {k: v for k, v in given.items() if v is not None}
+        items = [{"custom_id": f"doc-{d['id']}", "target": f"doc:{d['id']}", "summary": summary,
+                  "strategy": "mapreduce", "options": options} for d in docs]
+        if out is None:
+            key = hashlib.sha1(_json_key(summary, options).encode()).hexdigest()[:8]
+            out = self.settings.home / "batches" / f"summaries-{corpus}-{length}-{key}.jsonl"
+        return await self.abatch(items, out, concurrency=concurrency, retry_failed=retry_failed,
+                                 on_event=on_event, lm=lm)
+
+    # --- async twins -----------------------------------------------------------------
+    # The pipelines run on the caller's event loop (their model calls overlap with the
+    # caller's other work); the rest is quick store work, run in a worker thread.
+
+    async def aask(
+        self, target: str | int, question: str, *, strategy: str = "auto",
+        on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+        **options: Any,
+    ) -> Result:
+        from pipelines import _dispatch
+
+        with _settings.override(**self._changes):
+            if not question or not question.strip():
+                raise TomesError("the question is empty", "ask a question in words")
+            if map_tokens is not None:
+                options["map_tokens"] = map_tokens
+            return await _dispatch.aask(strategy, target, question, on_event=on_event,
+                                        run_id=run_id, **options)
+
+    async def asummarize(
+        self, doc: str | int, *, length: str = "medium", style: str | None = None,
+        on_event: OnEvent = ignore, run_id: str | None = None, map_tokens: int | None = None,
+        grounding: str | None = None, strict: bool = False,
+    ) -> Result:
+        from pipelines import _dispatch
+
+        with _settings.override(**self._changes):
+            return await _dispatch.asummarize(doc, length=length, style=style,
+                                              on_event=on_event, run_id=run_id,
+                                              map_tokens=map_tokens, grounding=grounding,
+                                              strict=strict)
+
+    async def aresume(self, run_id: str, *, on_event: OnEvent = ignore, backend: str | None = None,
+                      model: str | None = None, base_url: str | None = None) -> Result:
+        from pipelines import _dispatch
+
+        named = {k: self._changes.get(k) for k in ("backend", "model", "base_url")}
+        given = {"backend": backend, "model": model, "base_url": base_url}
+        serving = named | {k: v for k, v in given.items() if v}
+        with _settings.override(**self._changes):
+            return await _dispatch.aresume(run_id, on_event=on_event, serving=serving)
+
+    async def aingest(self, paths: Sequence[str | Path], corpus: str = "default", *,
+                      embed: bool | None = None, on_event: OnEvent = ignore) -> IngestReport:
+        return await _in_thread(self.ingest, paths, corpus, embed=embed, on_event=on_event)
+
+    async def adocuments(self, corpus: str | None = None) -> list[dict[str, Any]]:
+        return await _in_thread(self.documents, corpus)
+
+    async def adocument(self, ref: str | int, *, with_chunks: bool = True) -> dict[str, Any]:
+        return await _in_thread(self.document, ref, with_chunks=with_chunks)
+
+    async def aremove(self, ref: str | int) -> dict[str, Any]:
+        return await _in_thread(self.remove, ref)
+
+    async def acorpora(self) -> list[str]:
+        return await _in_thread(self.corpora)
+
+    async def asearch(self, corpus: str, query: str, k: int = 10, mode: str = "hybrid", *,
+                      document: str | int | None = None, on_event: OnEvent = ignore) -> list[Any]:
+        return await _in_thread(self.search, corpus, query, k, mode, document=document,
+                                on_event=on_event)
+
+    async def aruns(self, limit: int = 50) -> list[dict[str, Any]]:
+        return await _in_thread(self.runs, limit)
+
+    async def arun(self, run_id: str) -> dict[str, Any]:
+        return await _in_thread(self.run, run_id)
+
+    async def acalls(self, run_id: str, *, steps: bool = False) -> list[dict[str, Any]]:
+        return await _in_thread(self.calls, run_id, steps=steps)
+
+    async def acall_tree(self, run_id: str) -> dict[str, Any]:
+        return await _in_thread(self.call_tree, run_id)
+
+
+async def _in_thread(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A sync API method in a worker thread (it applies its object's settings itself)."""
+    import asyncio
+
+    return await asyncio.to_thread(method, *args, **kwargs)
+
+
+def _json_key(*values: Any) -> str:
+    import json
+
+    return json.dumps(values, sort_keys=True, default=str)
+
 
 def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> dict[str, Any]:
     return {
@@ -525,10 +727,13 @@ def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> dict[st
 
 
 def _run_info(run: Run) -> dict[str, Any]:
+    params = run.params or {}
     return {
         "id": run.id, "pipeline": run.pipeline, "target": run.target, "question": run.question,
         "status": run.status, "answer": run.answer, "error": run.error,
         "created_at": run.created_at.isoformat(timespec="seconds"),
+        # Set when a strategy was chosen for the run (auto): by whom and why.
+        "chosen_by": params.get("chosen_by"), "why": params.get("why"),
     }
 
 

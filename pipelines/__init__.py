@@ -18,7 +18,11 @@ from pipelines.result import Provenance, Result
 # by it with a TomesError.
 STRATEGIES: dict[str, str] = {
     "mapreduce": "pipelines.mapreduce",
+    "memory": "pipelines.episodic",
     "recursive": "pipelines.recursive",
+    "direct": "pipelines.direct",
+    "rag": "pipelines.rag",
+    "auto": "pipelines.auto",
 }
 
 
@@ -50,10 +54,14 @@ def resume(run_id: str, *, on_event: OnEvent = ignore,
     if pipeline not in STRATEGIES:
         raise TomesError(f"run {run_id} was made by {pipeline!r}, which cannot resume runs",
                          "start it again")
+    from pipelines._dispatch import annotated  # what auto chose, and why
+
     if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])  # needs no model, reachable or not
+        # needs no model, reachable or not
+        return annotated(Result.from_dict(run["result"]), run["params"] or {})
     lm = lm_for_run(run, serving)
-    return strategy_module(pipeline).resume(run_id, on_event=on_event, lm=lm)
+    return annotated(strategy_module(pipeline).resume(run_id, on_event=on_event, lm=lm),
+                     run["params"] or {})
 
 
 __all__ = ["STRATEGIES", "Provenance", "Result", "overflow_advice", "resume", "strategy_module"]

@@ -47,10 +47,17 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
+# What callers above a strategy add to the params of the run it creates (the auto
+# strategy's choice and reason, the batch item): set around the strategy call.
+run_notes: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "tomes_run_notes", default=None)
+
+
 def create_run(
     run_id: str | None, pipeline: str, target: str, question: str | None, params: dict[str, Any]
 ) -> str:
     run_id = run_id or new_run_id()
+    params = {**params, **(run_notes.get() or {})}
     with session_scope() as s:
         if s.get(Run, run_id) is not None:
             raise TomesError(f"run {run_id} already exists", f"continue it with `tomes resume {run_id}`")

@@ -9,8 +9,13 @@ span in that document's text, so provenance survives any joining done for ``text
 from __future__ import annotations
 
 import bisect
+import contextvars
+import copy
 import re
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +58,29 @@ class Match:
     text: str
 
 
+# Environments loaded inside ``sharing()``, by target label, most recent last.
+_shared: contextvars.ContextVar[OrderedDict[str, Environment] | None] = contextvars.ContextVar(
+    "tomes_environments", default=None)
+SHARED_MAX = 8  # a batch over many targets keeps only the last few in memory
+_shared_lock = threading.Lock()  # loads run in worker threads too
+
+
+@contextmanager
+def sharing() -> Iterator[OrderedDict[str, Environment]]:
+    """Inside the block, loading a target again gives the environment already loaded (a
+    batch of questions about one book reads it from the store once). Nested blocks share
+    the outer one's; ``clear()`` what it yields when the store changes."""
+    memo = _shared.get()
+    if memo is not None:
+        yield memo
+        return
+    token = _shared.set(OrderedDict())
+    try:
+        yield _shared.get()  # type: ignore[misc]
+    finally:
+        _shared.reset(token)
+
+
 class Environment:
     def __init__(
         self, target: Target, documents: list[DocumentSpan], text: str,
@@ -78,8 +106,16 @@ class Environment:
     @classmethod
     def load(cls, ref: str | int | Target, *, lm: LM | None = None) -> Environment:
         """The environment for a document (id, title, file name) or a corpus name."""
+        memo = _shared.get()
         with session_scope() as s:
             target = ref if isinstance(ref, Target) else resolve_target(s, ref)
+            if memo is not None:
+                with _shared_lock:
+                    known = memo.get(target.label)
+                    if known is not None:
+                        memo.move_to_end(target.label)
+                if known is not None:
+                    return known.with_lm(lm)
             docs = target_documents(s, target)
             spans: list[DocumentSpan] = []
             parts: list[str] = []
@@ -104,7 +140,21 @@ class Environment:
             raise TomesError(
                 f"{target.label} has no chunks", "re-ingest it with `tomes ingest PATH`"
             )
-        return cls(target, spans, "".join(parts), chunks, lm)
+        env = cls(target, spans, "".join(parts), chunks, lm)
+        if memo is not None:
+            with _shared_lock:
+                memo[target.label] = env
+                while len(memo) > SHARED_MAX:
+                    memo.popitem(last=False)
+        return env
+
+    def with_lm(self, lm: LM | None) -> Environment:
+        """The same environment for another model (the text and chunks are shared)."""
+        if lm is self._lm:
+            return self
+        other = copy.copy(self)
+        other._lm = lm
+        return other
 
     # --- reading -----------------------------------------------------------------------
 

@@ -516,14 +516,14 @@ def test_cli_summarize_ask_runs(tmp_path: Path) -> None:
     assert data["run_id"] and data["provenance"] and data["calls"] >= 1
     assert data["tokens"] == data["prompt_tokens"] + data["completion_tokens"]
     out = runner.invoke(app, ["ask", "harwick.txt", "Where is the mill?", "--backend", "scripted",
-                              "--map-tokens", "0"])
+                              "--map-tokens", "0", "--strategy", "mapreduce"])
     assert out.exit_code == 0, out.output
     assert "rests on" in out.stdout and "model calls" in out.stdout
     out = runner.invoke(app, ["runs", "--json"])
     runs = json.loads(out.stdout)
     assert len(runs) == 2 and {r["status"] for r in runs} == {"done"}
     long = "Which of the mills, bridges and bakeries of the village " * 4 + "is the oldest?"
-    assert runner.invoke(app, ["ask", "harwick.txt", long]).exit_code == 0
+    assert runner.invoke(app, ["ask", "harwick.txt", long, "--strategy", "mapreduce"]).exit_code == 0
     out = runner.invoke(app, ["runs"])  # the table keeps every column beside long text
     assert out.exit_code == 0 and all(r["id"] in out.stdout for r in runs)
     assert out.stdout.count("done") == 3 and out.stdout.count("mapreduce") == 3

@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from app.store import Base, Chunk, Corpus, Document, open_store, session_scope
 from app.store.db import alembic_config, dispose_all
+import memory.schema  # noqa: F401,E402 - its tables are in the same migrations
 
 
 def test_migrations_match_the_models(tmp_path):

@@ -69,7 +69,7 @@ def test_run_list_names_corpus_targets_and_removed_documents(book):
 
 
 def test_run_returns_the_stored_result_and_target_title(book):
-    result = Tomes().ask(book["id"], "Where did the ship sail?")
+    result = Tomes().ask(book["id"], "Where did the ship sail?", strategy="mapreduce")
     run = Tomes().run(result.run_id)
     assert run["status"] == "done" and run["question"] == "Where did the ship sail?"
     assert run["target_title"] == book["title"]
@@ -122,11 +122,13 @@ def test_strategies_offer_every_registered_one_and_explain_unavailable(monkeypat
 
     names = [s["name"] for s in Tomes().strategies()]
     assert names == list(pipelines.STRATEGIES)
-    assert next(s for s in Tomes().strategies() if s["name"] == "mapreduce")["available"]
+    mapreduce = next(s for s in Tomes().strategies() if s["name"] == "mapreduce")
+    assert mapreduce["available"] and "map_tokens" in mapreduce["options"]
 
     fake = types.ModuleType("tests_fake_strategy")
     fake.__doc__ = "Pretend strategy."
     fake.unavailable = lambda s: f"needs a model that writes code; {s.backend} does not"
+    fake.OPTIONS = ("depth",)
     monkeypatch.setitem(sys.modules, "tests_fake_strategy", fake)
     monkeypatch.setitem(pipelines.STRATEGIES, "pretend", "tests_fake_strategy")
     monkeypatch.setitem(pipelines.STRATEGIES, "broken", "tests_no_such_module_anywhere")
@@ -134,6 +136,7 @@ def test_strategies_offer_every_registered_one_and_explain_unavailable(monkeypat
     assert by_name["pretend"]["available"] is False
     assert "scripted does not" in by_name["pretend"]["reason"]
     assert by_name["pretend"]["about"] == "Pretend strategy."
+    assert by_name["pretend"]["options"] == ["depth"]
     assert by_name["broken"]["available"] is False and "cannot be loaded" in by_name["broken"]["reason"]
 
 
@@ -147,3 +150,17 @@ def test_check_model_names_an_unreachable_endpoint():
     with pytest.raises(TomesError) as caught:
         Tomes(backend="openai", base_url="http://127.0.0.1:9/v1").check_model(timeout=3)
     assert "127.0.0.1:9" in str(caught.value) and caught.value.fix
+
+
+def test_check_model_reports_the_window_an_endpoint_serves():
+    from test_serving_http import FakeVLLM
+
+    fake = FakeVLLM(model="served/tiny", max_model_len=32768)
+    fake.thread.start()
+    try:
+        info = Tomes(backend="openai", base_url=fake.base_url).check_model(timeout=10)
+    finally:
+        fake.server.shutdown()
+        fake.server.server_close()
+    assert info["model"] == "served/tiny" and info["base_url"] == fake.base_url
+    assert info["context_window"] == 32768  # from the server's listing, not a default

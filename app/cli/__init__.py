@@ -18,6 +18,8 @@ app = typer.Typer(
 
 # Importing a module registers its commands on `app`.
 from app.cli import documents, models, runs, search, ui  # noqa: E402,F401
+from app.cli import batch  # noqa: E402,F401
+from app.cli import memory  # noqa: E402,F401
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -37,11 +38,22 @@ def summarize_cmd(
     map_tokens: int = MapTokensOpt,
     grounding: str = typer.Option(None, "--grounding", help=GROUNDING_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    each: bool = typer.Option(False, "--each", help="DOC is a corpus: one summary per document, "
+                              "run as a resumable batch."),
+    out: Path = typer.Option(None, "--out", "-o", help="--each: JSONL of the summaries "
+                             "(default: a file under TOMES_HOME/batches)."),
+    concurrency: int = typer.Option(None, "--concurrency", "-j", min=1,
+                                    help="--each: documents at once (default: the backend's capacity)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Summarize a long document by map-reduce, with the chunks the summary rests on."""
+    """Summarize a long document by map-reduce, with the chunks the summary rests on
+    (--each: every document of a corpus, one summary each)."""
     if length not in ("short", "medium", "long"):
         raise typer.BadParameter("choose short, medium or long", param_hint="--length")
+    if each:
+        _summarize_each(doc, length, style, backend, map_tokens, grounding, strict, out,
+                        concurrency, as_json)
+        return
     with progress(not as_json) as on_event:
         result = Tomes(backend=backend).summarize(doc, length=length, style=style,
                                                   map_tokens=map_tokens, on_event=on_event,
@@ -53,8 +65,9 @@ def summarize_cmd(
 def ask_cmd(
     target: str = typer.Argument(..., help="A document (id, title, file name) or a corpus name."),
     question: str = typer.Argument(..., help="The question, in quotes."),
-    strategy: str = typer.Option("mapreduce", "--strategy",
-                                 help=f"How to answer: {' | '.join(STRATEGIES)}."),
+    strategy: str = typer.Option("auto", "--strategy",
+                                 help=f"How to answer: {' | '.join(STRATEGIES)} (auto picks one "
+                                 "and says why)."),
     backend: str = BackendOpt,
     map_tokens: int = MapTokensOpt,
     mode: str = typer.Option(None, "--mode", help="recursive: code | actions (default: "
@@ -64,6 +77,7 @@ def ask_cmd(
                                        help="recursive: root iterations."),
     budget_tokens: int = typer.Option(None, "--budget-tokens", min=1,
                                       help="recursive: total token budget."),
+    k: int = typer.Option(None, "-k", "--k", min=1, help="rag: passages to retrieve (default 8)."),
     grounding: str = typer.Option(None, "--grounding", help="mapreduce: " + GROUNDING_HELP),
     strict: bool = typer.Option(False, "--strict", help="mapreduce: " + STRICT_HELP),
     as_json: bool = JsonOpt,
@@ -72,12 +86,36 @@ def ask_cmd(
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"choose one of: {', '.join(STRATEGIES)}", param_hint="--strategy")
     given = {"mode": mode, "max_depth": max_depth, "max_iterations": max_iterations,
-             "budget_tokens": budget_tokens, "grounding": grounding, "strict": strict or None}
+             "budget_tokens": budget_tokens, "grounding": grounding, "strict": strict or None,
+             "k": k}
     options = {k: v for k, v in given.items() if v is not None}
     with progress(not as_json) as on_event:
         result = Tomes(backend=backend).ask(target, question, strategy=strategy,
                                             map_tokens=map_tokens, on_event=on_event, **options)
     _show(result, as_json)
+
+
+def _summarize_each(corpus: str, length: str, style: str | None, backend: str | None,
+                    map_tokens: int | None, grounding: str | None, strict: bool,
+                    out: Path | None, concurrency: int | None, as_json: bool) -> None:
+    from app.cli.batch import batch_progress, finish
+
+    tomes = Tomes(backend=backend)
+    with batch_progress(not as_json) as on_event:
+        report = tomes.summarize_each(corpus, length=length, style=style, out=out,
+                                      concurrency=concurrency, map_tokens=map_tokens,
+                                      grounding=grounding, strict=strict, on_event=on_event)
+    if not as_json:
+        titles = {f"doc:{d['id']}": d["title"]
+                  for d in tomes.documents(corpus.removeprefix("corpus:"))}
+        for record in report.records:
+            if record.get("status") != "done":
+                continue
+            console.print(f"\n[bold]{safe(titles.get(record['target'], record['target']))}[/] "
+                          f"[dim]({safe(record['target'])}, run {record['run_id']})[/]")
+            console.print(safe(record["answer"]), highlight=False)
+        console.print()
+    finish(report, as_json)
 
 
 @app.command("resume")
@@ -99,9 +137,12 @@ def resume_cmd(
 @app.command("runs")
 def runs_cmd(
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many, newest first."),
+    why: bool = typer.Option(False, "--why", help="Show why each run's strategy was chosen "
+                             "instead of its answer."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """List runs, newest first: status, pipeline, target, question and answer."""
+    """List runs, newest first: status, pipeline (auto:NAME when auto chose it), target,
+    question and answer."""
     runs = Tomes().runs(limit)
     if as_json:
         print_json(runs)
@@ -111,22 +152,28 @@ def runs_cmd(
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=36)  # users copy it into `tomes resume`
-    for name, width in (("status", 11), ("pipeline", 9)):
+    chosen = any(r.get("chosen_by") for r in runs)
+    pipeline_width = 14 if chosen else 9  # "auto:mapreduce"
+    for name, width in (("status", 11), ("pipeline", pipeline_width)):
         table.add_column(name, no_wrap=True, min_width=width)
     table.add_column("target", no_wrap=True, overflow="ellipsis", max_width=16)
     # Rich squeezes unwrappable columns to nothing when one row is too long: the last
     # column gets what the others leave, explicitly.
-    rest = max(12, console.width - (36 + 7 + 9 + 16) - 2 * 5)
-    table.add_column("question / answer", overflow="ellipsis", no_wrap=True, max_width=rest)
+    rest = max(12, console.width - (36 + 7 + pipeline_width + 16) - 2 * 5)
+    table.add_column("question / why" if why else "question / answer", overflow="ellipsis",
+                     no_wrap=True, max_width=rest)
     colour = {"done": "green", "failed": "red", "running": "yellow", "interrupted": "magenta"}
     for r in runs:
         text = r["question"] or ""
-        if r["answer"]:
+        if why:
+            text = (text + " → " if text else "") + (r.get("why") or "named by the user")
+        elif r["answer"]:
             text = (text + " → " if text else "") + " ".join(r["answer"].split())
         elif r["error"]:
             text = (text + " → " if text else "") + r["error"]
+        pipeline = f"{r['chosen_by']}:{r['pipeline']}" if r.get("chosen_by") else r["pipeline"]
         table.add_row(r["id"], f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
-                      safe(r["pipeline"]), safe(r["target"]), safe(text))
+                      safe(pipeline), safe(r["target"]), safe(text))
     console.print(table)
 
 
@@ -158,6 +205,13 @@ def _show(result: Result, as_json: bool) -> None:
     if result.details.get("unsupported_records"):
         console.print(f"[yellow]unchecked:[/] {result.details['unsupported_records']} notes were not "
                       "borne out by their own text and were left out", highlight=False)
+    if result.details.get("why"):  # what auto chose, and why
+        dropped = result.details.get("dropped_options")
+        console.print(f"[dim]strategy {safe(result.pipeline)}, chosen by "
+                      f"{safe(result.details.get('chosen_by') or 'auto')}: "
+                      f"{safe(result.details['why'])}"
+                      + (f" (not used by it: {safe(', '.join(dropped))})" if dropped else "")
+                      + "[/]", highlight=False)
     for note in result.details.get("fallbacks") or []:  # never silent: the answer is less than asked
         console.print(f"[yellow]fallback:[/] {safe(note)}", highlight=False)
     cached = f", {result.cache_hits} from cache" if result.cache_hits else ""

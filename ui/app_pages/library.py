@@ -1,60 +1,111 @@
-"""Upload documents, see what is in the store, look inside one."""
+"""Upload documents, see what is in the store and how its indexes stand, look inside one."""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import streamlit as st
 
 from app.errors import TomesError
-from ui._state import describe_error, index_error, index_in_background, indexing, safe_upload_path, tomes
+from ui import _views
+from ui._state import SUFFIXES, index_in_background, index_job, ingest_uploads, link, plain, tomes
 
 st.header("Library")
+limit_mb = tomes().settings.max_file_mb
 
 with st.form("upload", clear_on_submit=True):
-    files = st.file_uploader("Add documents", accept_multiple_files=True,
-                             type=["txt", "md", "markdown", "html", "htm", "pdf", "rst", "docx", "epub"])
-    corpus = st.text_input("Corpus", value="default")
-    submitted = st.form_submit_button("Ingest")
+    files = st.file_uploader(
+        "Add documents", accept_multiple_files=True, type=SUFFIXES,
+        # Streamlit takes whole megabytes; the exact limit is checked again on arrival.
+        max_upload_size=max(1, math.ceil(limit_mb)),
+        help=f"Up to {limit_mb:g} MB per file (TOMES_MAX_FILE_MB on the server).",
+    )
+    corpus = st.text_input("Corpus", value="default", help="Documents are searched and asked together per corpus.")
+    submitted = st.form_submit_button("Ingest", type="primary")
 
 if submitted and files:
-    uploads = tomes().settings.home / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for f in files:
-        path = safe_upload_path(uploads, f.name)
-        path.write_bytes(f.getvalue())
-        paths.append(path)
-    bar = st.progress(0.0, text="reading")
-    report = tomes().ingest(
-        paths, corpus, embed=False,
-        on_event=lambda e: bar.progress(min(1.0, e.done / (e.total or 1)), text=f"{e.stage} {e.message}"),
-    )
-    bar.empty()
-    st.success(f"{len(report.added)} added, {len(report.skipped)} unchanged, {len(report.failed)} failed")
-    for o in report.failed:
-        st.error(o.error)
-    if report.added:
-        index_in_background(corpus)
+    if not corpus.strip():
+        st.error("Name the corpus the documents go into (e.g. `default`).")
+    else:
+        bar = st.progress(0.0, text="reading")
+        outcomes = ingest_uploads(
+            files, corpus.strip(),
+            on_event=lambda e: bar.progress(min(1.0, e.done / (e.total or 1)), text=f"reading {e.message}".strip()),
+        )
+        bar.empty()
+        stored = [o for o in outcomes if o["status"] in ("added", "updated")]
+        if stored:
+            st.success("Added: " + ", ".join(f"{plain(o['name'])} ({o['chunks']} chunks)" for o in stored)
+                       + f" to corpus {plain(corpus.strip())}; indexing for search in the background.")
+        for o in outcomes:
+            if o["status"] == "skipped":
+                st.info(f"{plain(o['name'])}: already in corpus {plain(corpus.strip())}, unchanged.")
+            elif o["status"] == "failed":
+                st.error(f"**{plain(o['name'])}** was not added: {plain(o['error'])}")
+        if stored:
+            index_in_background(corpus.strip())
+elif submitted:
+    st.warning("Choose one or more files first.")
 
 docs = tomes().documents()
 if not docs:
     st.info("No documents yet: upload some above, or run `tomes ingest PATH`.")
     st.stop()
 
-for name in sorted({d["corpus"] for d in docs}):
-    status = tomes().index_status(name)
-    if indexing(name):
-        st.caption(f"corpus **{name}**: indexing in the background… {status}")
+
+def words(status: dict) -> tuple[str, float]:
+    """An index status in words, and how far along it is (0-1)."""
+    total = status["chunks"]
+    if not total:
+        return "no chunks", 1.0
+    embedded = total - status.get("missing", total)
+    parts = []
+    if status.get("missing"):
+        parts.append(f"{embedded:,} of {total:,} chunks embedded for meaning search")
     else:
-        st.caption(f"corpus **{name}**: {status}")
-        failure = index_error(name)
-        if failure is not None:
-            cause, fix = describe_error(failure)
-            with st.expander(f"Indexing corpus {name} failed", expanded=True):
-                st.error(f"**Cause:** {cause}" + (f"\n\n**Fix:** {fix}" if fix else ""))
-                if st.button("Index again", key=f"reindex_{name}"):
-                    index_in_background(name)
-                    st.rerun()
+        parts.append(f"all {total:,} chunks embedded ({status.get('model') or '?'})")
+    if status.get("stale"):
+        parts.append(f"{status['stale']:,} changed since")
+    parts.append("keyword index up to date" if status.get("keyword_in_step") else "keyword index to rebuild")
+    return "; ".join(parts), embedded / total
+
+
+names = sorted({d["corpus"] for d in docs})
+
+
+def index_panel() -> None:
+    busy = False
+    for name in names:
+        job = index_job(name)
+        status = tomes().index_status(name)
+        text, done = words(status)
+        if job is not None and job.running:
+            busy = True
+            e = job.last_event()
+            if e is not None and e.stage == "embed" and e.total:
+                done = e.done / e.total
+                text = f"embedding {e.done:,} of {e.total:,} chunks"
+            elif e is not None:
+                text = f"{e.stage}: {e.message}"
+            st.progress(min(1.0, done), text=f"corpus **{plain(name)}**: indexing… {text} · {job.elapsed:.0f} s")
+            continue
+        ready = done >= 1.0 and not status.get("stale") and status.get("keyword_in_step")
+        st.progress(min(1.0, done), text=f"corpus **{plain(name)}**: " + ("ready · " if ready else "") + text)
+        if job is not None and job.error is not None:
+            _views.error(f"Indexing corpus {name} failed", job.error)
+        if not ready and st.button("Index now", key=f"reindex_{name}"):
+            index_in_background(name)
+            st.rerun()
+    if not busy and st.session_state.get("library_was_indexing"):
+        st.session_state.library_was_indexing = False
+        st.rerun()  # finished: the whole page (search, counts) catches up
+    st.session_state.library_was_indexing = busy
+
+
+indexing = any((j := index_job(n)) is not None and j.running for n in names)
+st.session_state.library_was_indexing = indexing
+st.fragment(run_every=1.0 if indexing else None)(index_panel)()
 
 table = pd.DataFrame(docs)[["id", "title", "corpus", "format", "chars", "chunks", "tokens", "pages"]]
 st.dataframe(table, hide_index=True, width="stretch")
@@ -64,20 +115,21 @@ choice = st.selectbox("Look inside", [d["id"] for d in docs],
 try:
     info = tomes().document(choice)
 except TomesError as exc:
-    st.error(str(exc))
+    _views.error("Cannot open the document", exc)
     st.stop()
 
 chunks = pd.DataFrame(info["chunks"])
 left, right = st.columns([2, 1])
 with left:
     st.subheader(info["title"])
-    st.caption(f"{info['source']} · {info['chars']:,} characters · {len(chunks)} chunks")
+    st.caption(f"{info['format']} · {info['chars']:,} characters · {len(chunks)} chunks")
+    link("reader", "Read it", icon=":material/menu_book:", doc=choice)
     st.bar_chart(chunks.set_index("ordinal")["tokens"], height=180, x_label="chunk", y_label="tokens")
 with right:
     removed = info["meta"].get("boilerplate") or []
     st.metric("boilerplate blocks kept out", len(removed))
     for block in removed[:3]:
-        st.code(block[:400])
+        st.code(block[:400], language=None)
 st.dataframe(chunks[["ordinal", "id", "start", "end", "page", "tokens", "heading", "text"]],
              hide_index=True, width="stretch")
 if st.button("Remove this document", type="secondary"):
