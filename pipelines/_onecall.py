@@ -124,11 +124,3 @@ async def execute(run_id: str, on_event: OnEvent, work: Callable[[], Awaitable[R
         raise
     await asyncio.to_thread(_runs.finish_run, run_id, result.answer, result.to_dict())
     return result
-
-
-def load_for_resume(run_id: str, pipeline: str) -> dict[str, Any]:
-    run = _runs.load_run(run_id)
-    if run["pipeline"] != pipeline:
-        raise TomesError(f"run {run_id} is a {run['pipeline']} run",
-                         "resume it with its own pipeline (`tomes resume RUN`)")
-    return run

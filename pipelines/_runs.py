@@ -15,8 +15,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,6 +75,36 @@ def load_run(run_id: str) -> dict[str, Any]:
             raise NotFound(f"no run with id {run_id}", "list runs with `tomes runs`")
         _reap(run)
         return {c.name: getattr(run, c.name) for c in Run.__table__.columns}
+
+
+def load_for_resume(run_id: str, pipeline: str) -> tuple[dict[str, Any], Any]:
+    """(the run to continue, its stored Result if it is done: nothing left to do)."""
+    from pipelines.result import Result
+
+    run = load_run(run_id)
+    if run["pipeline"] != pipeline:
+        raise TomesError(f"run {run_id} is a {run['pipeline']} run",
+                         "resume it with its own pipeline (`tomes resume RUN`)")
+    done = Result.from_dict(run["result"]) if run["status"] == "done" and run["result"] else None
+    return run, done
+
+
+@contextmanager
+def failures_kept(run_id: str, kept: str = "finished work is kept") -> Iterator[None]:
+    """Around a run's work: a failure marks the run failed and comes out as a TomesError
+    whose fix ends in the resume command; Ctrl-C, SIGTERM or a cancel mark it interrupted."""
+    resume_fix = f"continue with `tomes resume {run_id}` ({kept})"
+    try:
+        yield
+    except TomesError as exc:
+        fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
+        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
+    except Exception as exc:
+        fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise TomesError(f"run {run_id} stopped: {exc}", f"fix the cause, then {resume_fix}") from exc
+    except BaseException:
+        interrupt_run(run_id)
+        raise
 
 
 def mark_running(run_id: str) -> None:

@@ -102,9 +102,9 @@ async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
     """Run it again: a call that finished before the stop comes from the response cache."""
-    run = O.load_for_resume(run_id, PIPELINE)
-    if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])
+    run, done = _runs.load_for_resume(run_id, PIPELINE)
+    if done is not None:
+        return done
     params = run["params"] or {}
     lm = lm or _runs.lm_for_run(run)
     env = Environment.load(run["target"], lm=lm)

@@ -383,11 +383,9 @@ async def arun(target: str | int, question: str | None, *, on_event: OnEvent = i
 
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
-    run = _runs.load_run(run_id)
-    if run["pipeline"] != PIPELINE:
-        raise TomesError(f"run {run_id} is a {run['pipeline']} run", "resume it with its own pipeline")
-    if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])
+    run, done = _runs.load_for_resume(run_id, PIPELINE)
+    if done is not None:
+        return done
     params = run["params"] or {}
     lm = lm or _runs.lm_for_run(run)
     env = Environment.load(run["target"], lm=lm)
@@ -400,7 +398,7 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
 async def _execute(job: Episodic, run_id: str) -> Result:
     _runs.mark_running(run_id)
     config = {"configurable": {"thread_id": run_id}, "recursion_limit": 50}
-    try:
+    with _runs.failures_kept(run_id):
         with run_scope(run_id):
             async with _runs.checkpointer() as saver:
                 graph = job.graph().compile(checkpointer=saver)
@@ -412,19 +410,6 @@ async def _execute(job: Episodic, run_id: str) -> Result:
                 else:
                     inputs = {"question": job.question}
                 final = await graph.ainvoke(inputs, config, durability="async")
-    except TomesError as exc:
-        _runs.fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
-        resume_fix = f"continue with `tomes resume {run_id}` (finished work is kept)"
-        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
-    except Exception as exc:
-        _runs.fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise TomesError(
-            f"run {run_id} stopped: {exc}",
-            f"fix the cause, then continue with `tomes resume {run_id}` (finished work is kept)",
-        ) from exc
-    except BaseException:
-        _runs.interrupt_run(run_id)
-        raise
     result = _result(job, run_id, final)
     _runs.finish_run(run_id, result.answer, result.to_dict())
     return result

@@ -663,11 +663,9 @@ async def arun(
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
     """Continue a run from its last checkpoint; a finished run returns its result."""
-    run = _runs.load_run(run_id)
-    if run["pipeline"] != PIPELINE:
-        raise TomesError(f"run {run_id} is a {run['pipeline']} run", "resume it with its own pipeline")
-    if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])
+    run, done = _runs.load_for_resume(run_id, PIPELINE)
+    if done is not None:
+        return done
     params = run["params"] or {}
     lm = lm or _runs.lm_for_run(run)
     env = Environment.load(run["target"], lm=lm)
@@ -688,7 +686,7 @@ async def _execute(job: MapReduce, run_id: str) -> Result:
         # LM's own semaphore caps the backend at its capacity instead.
         "recursion_limit": 50 + 4 * MAX_LEVELS,
     }
-    try:
+    with _runs.failures_kept(run_id):
         with run_scope(run_id), events_scope(job.on_event):
             async with _runs.checkpointer() as saver:
                 graph = job.graph().compile(checkpointer=saver)
@@ -705,19 +703,6 @@ async def _execute(job: MapReduce, run_id: str) -> Result:
                 # overhead of "sync"); a finished task's writes are saved as it ends either
                 # way, on the one SQLite connection in order, so a killed run loses none.
                 final = await graph.ainvoke(inputs, config, durability="async")
-    except TomesError as exc:
-        _runs.fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
-        resume_fix = f"continue with `tomes resume {run_id}` (finished work is kept)"
-        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
-    except Exception as exc:
-        _runs.fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise TomesError(
-            f"run {run_id} stopped: {exc}",
-            f"fix the cause, then continue with `tomes resume {run_id}` (finished work is kept)",
-        ) from exc
-    except BaseException:
-        _runs.interrupt_run(run_id)
-        raise
     result = _result(job, run_id, final)
     _runs.finish_run(run_id, result.answer, result.to_dict())
     return result

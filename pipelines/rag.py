@@ -83,9 +83,9 @@ async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
     """Run it again: the same hits make the same prompt, served from the response cache
     when its call finished before the stop."""
-    run = O.load_for_resume(run_id, PIPELINE)
-    if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])
+    run, done = _runs.load_for_resume(run_id, PIPELINE)
+    if done is not None:
+        return done
     params = run["params"] or {}
     opts = _check({k: params[k] for k in OPTIONS if k in params})
     lm = lm or _runs.lm_for_run(run)

@@ -213,11 +213,9 @@ async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
     """Continue a run from its last finished iteration; a finished run returns its result."""
-    run = _runs.load_run(run_id)
-    if run["pipeline"] != PIPELINE:
-        raise TomesError(f"run {run_id} is a {run['pipeline']} run", "resume it with its own pipeline")
-    if run["status"] == "done" and run["result"]:
-        return Result.from_dict(run["result"])
+    run, done = _runs.load_for_resume(run_id, PIPELINE)
+    if done is not None:
+        return done
     params = run["params"] or {}
     lm = lm or _runs.lm_for_run(run)
     mode = params.get("mode", "actions")
@@ -235,33 +233,21 @@ async def _execute(job: Recursive, run_id: str) -> Result:
     config = {"configurable": {"thread_id": run_id},
               "recursion_limit": job.limits.max_iterations + 8}
     try:
-        with run_scope(run_id):
-            async with _runs.checkpointer() as saver:
-                await saver.setup()
-                # WAL (set by the saver) with NORMAL: a commit survives a killed process
-                # without an fsync per iteration (as the store does, app/store/db.py).
-                await saver.conn.execute("PRAGMA synchronous=NORMAL")
-                graph = job.graph().compile(checkpointer=saver)
-                snapshot = await graph.aget_state(config)
-                if snapshot.values:
-                    job.prime(snapshot.values)
-                    inputs = None
-                else:
-                    inputs = {"question": job.question}
-                final = await graph.ainvoke(inputs, config, durability=DURABILITY)
-    except TomesError as exc:
-        _runs.fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
-        resume_fix = f"continue with `tomes resume {run_id}` (finished iterations are kept)"
-        raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
-    except Exception as exc:
-        _runs.fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise TomesError(
-            f"run {run_id} stopped: {exc}",
-            f"fix the cause, then continue with `tomes resume {run_id}` (finished iterations are kept)",
-        ) from exc
-    except BaseException:
-        _runs.interrupt_run(run_id)
-        raise
+        with _runs.failures_kept(run_id, "finished iterations are kept"):
+            with run_scope(run_id):
+                async with _runs.checkpointer() as saver:
+                    await saver.setup()
+                    # WAL (set by the saver) with NORMAL: a commit survives a killed process
+                    # without an fsync per iteration (as the store does, app/store/db.py).
+                    await saver.conn.execute("PRAGMA synchronous=NORMAL")
+                    graph = job.graph().compile(checkpointer=saver)
+                    snapshot = await graph.aget_state(config)
+                    if snapshot.values:
+                        job.prime(snapshot.values)
+                        inputs = None
+                    else:
+                        inputs = {"question": job.question}
+                    final = await graph.ainvoke(inputs, config, durability=DURABILITY)
     finally:
         job.close()
     result = _result(job, run_id, final)
