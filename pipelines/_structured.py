@@ -93,15 +93,21 @@ def _close(body: str) -> str:
     return out + "".join(reversed(stack))
 
 
+# The prompts show the reply's shape with placeholders ("<the answer>", "<why>"); small
+# models copy them into the value ("<the answer>The author proposes ...").
+_PLACEHOLDER = re.compile(r"</?(?:the [a-z][a-z ,'-]{0,70}|why|answer|label)>", re.IGNORECASE)
+
+
 def text_field(value: Any, limit: int = 2000) -> str:
-    """A string field as the model gave it; lists joined, None empty, long text cut."""
+    """A string field as the model gave it; lists joined, None empty, long text cut,
+    echoed placeholders of the prompt removed."""
     if value is None:
         return ""
     if isinstance(value, list):
         value = "; ".join(text_field(v) for v in value if v is not None)
     elif isinstance(value, dict):
         value = json.dumps(value, ensure_ascii=False)
-    return " ".join(str(value).split())[:limit]
+    return " ".join(_PLACEHOLDER.sub(" ", str(value)).split())[:limit]
 
 
 _WORDS = {"very high": 5, "high": 5, "medium": 3, "moderate": 3, "low": 1, "very low": 1, "none": 1}

@@ -97,6 +97,16 @@ def test_direct_says_when_the_text_has_no_answer(tmp_path):
     assert result.answer == O.NO_ANSWER and result.provenance == []
 
 
+def test_a_placeholder_of_the_prompt_copied_into_the_answer_is_removed(tmp_path):
+    # SmolLM2 answers '{"answer": "<the answer>The author proposes ..."}': the prompt's
+    # "<the answer>" is not part of what the user reads.
+    doc = ingest_book(tmp_path)
+    reply = {"answer": f"<the answer>{KEEPERS[2]} keeps it.</the answer>", "quote": "Cedar Island"}
+    lm, _ = _lm([json.dumps(reply)])
+    result = direct.ask(doc, "Who keeps the lighthouse on Cedar Island?", lm=lm)
+    assert result.answer == f"{KEEPERS[2]} keeps it."
+
+
 def test_unknown_options_are_refused_naming_the_valid_ones(tmp_path):
     doc = ingest_book(tmp_path)
     lm, backend = _lm(keeper_reply)
