@@ -677,6 +677,10 @@ class Tomes:
     async def adocuments(self, corpus: str | None = None) -> list[dict[str, Any]]:
         return await _in_thread(self.documents, corpus)
 
+    # `tomes docs` in Python: the CLI's name for the listing.
+    docs = documents
+    adocs = adocuments
+
     async def adocument(self, ref: str | int, *, with_chunks: bool = True) -> dict[str, Any]:
         return await _in_thread(self.document, ref, with_chunks=with_chunks)
 

@@ -72,6 +72,13 @@ def main() -> None:
                      "model": lm.model, "window": lm.context_window, "slots": lm.capacity,
                      "questions": len(questions), "load_average_start": os.getloadavg(),
                      "strategies": {}}
+    earlier = Path(args.out)
+    if earlier.exists() and set(args.strategies) != set(STRATEGIES):
+        # A run of some strategies keeps the others' earlier figures (each says when and
+        # under what load it was measured).
+        old = json.loads(earlier.read_text())
+        results["strategies"] = {k: v for k, v in old.get("strategies", {}).items()
+                                 if k not in args.strategies}
     log(f"{BOOK}: {info['chunks']} chunks, {info['tokens']:,} tokens; {lm.model}, "
         f"{lm.context_window:,}-token window, {lm.capacity} slots")
     for strategy in args.strategies:
@@ -95,6 +102,8 @@ def main() -> None:
             "why": sorted({r["why"] for r in records if r.get("why")}),
             "errors": [r["error"] for r in batch.records if r["status"] != "done"][:3],
             "answers": [r["answer"][:160] for r in records],
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": os.getloadavg(),
         }
         results["strategies"][strategy] = entry
         log(f"{strategy:>9}: {batch.calls} calls (+{batch.cache_hits} cached), "

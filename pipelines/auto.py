@@ -1,7 +1,8 @@
 """Auto: picks the strategy for a target and a question, and records which and why.
 
 ``rule`` is the whole choice, one line per strategy, first match wins: direct when the
-target fits the window with room to answer; rag for a short factual question whose
+target fits the window with room to answer; memory for a who/where/when question over
+a target whose memory workspace is built; rag for a short factual question whose
 words the top retrieval hits carry; map-reduce for summaries and for questions that
 need the whole text. The facts it decides on (``Facts``) are gathered cheaply - token
 counts the store already has, one search only when it matters - and saved with the
@@ -26,7 +27,7 @@ from serving.lm import LM, get_lm, run_sync
 
 PIPELINE = "auto"
 # Strategies auto may choose, in the order of the rule.
-CANDIDATES = ("direct", "rag", "recursive", "mapreduce")
+CANDIDATES = ("direct", "memory", "rag", "recursive", "mapreduce")
 MAX_LOCAL_WORDS = 20  # a longer question is rarely one fact
 STRONG_SHARE = 0.5  # of the question's content words, found in one passage rag would read
 # Words that ask about the whole text: no few passages can carry the answer.
@@ -35,6 +36,10 @@ _WHOLE = re.compile(
     r"|how (?:many times|often)|chang\w*|develop\w*|evolv\w*|themes?|main (?:ideas?|points?|"
     r"arguments?)|compar\w*|contrast\w*|relationships?|over the course|in general|trace"
     r"|timeline|chronolog\w*|arc)\b", re.I)
+# Words that ask who did what, where and when: what the episodic workspace holds.
+_EPISODIC = re.compile(
+    r"\b(who|whom|whose|where|when|what happened|before|after|first|last|met|meet\w*"
+    r"|married|died|moved|went|left|arrived|visit\w*)\b", re.I)
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Facts:
     evidence: str  # what the hits showed ("" when there was no search)
     writes_code: bool  # the model's preset says it writes code
     available: tuple[str, ...]  # strategies registered here
+    episodic: str = ""  # the word that asks who/where/when ("" when none does)
+    memory_built: bool = False  # the target's memory workspace has read every chunk
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -63,6 +70,9 @@ def rule(f: Facts) -> tuple[str, str]:
     if f.fits:
         return "direct", (f"the whole target ({f.tokens:,} tokens) fits the {f.window:,}-token "
                           "window with room to answer")
+    if f.episodic and f.memory_built and "memory" in f.available:
+        return "memory", (f"the question asks {f.episodic!r} and the target's memory "
+                          "workspace is built: its events and states answer in one call")
     if f.local and f.strong and "rag" in f.available:
         return "rag", f"{f.local_why}, and the top hits carry it ({f.evidence})"
     if f.writes_code and "recursive" in f.available:
@@ -118,6 +128,23 @@ def strength(question: str, hits: list[Any]) -> tuple[bool, str]:
     return best >= STRONG_SHARE, where
 
 
+def memory_built(env: Environment) -> bool:
+    """Whether the operator has read every chunk of the target (``tomes memory build``):
+    answering from a workspace is cheap, building one is a call per chunk."""
+    from sqlalchemy import func, select
+
+    from app.store import Chunk, session_scope
+    from memory.schema import MemExtraction
+
+    if not env.chunks:
+        return False
+    in_target = select(Chunk.id).where(Chunk.document_id.in_([d.id for d in env.documents]))
+    with session_scope() as s:
+        read = s.scalar(select(func.count()).select_from(MemExtraction)
+                        .where(MemExtraction.chunk_id.in_(in_target))) or 0
+    return read >= len(env.chunks)
+
+
 def writes_code(lm: LM) -> bool:
     from serving import presets
 
@@ -139,6 +166,10 @@ async def gather(env: Environment, lm: LM, question: str | None, *, k: int | Non
         return facts
     facts.fits = "direct" in available and direct.fit(env, lm, question)["fits"]
     facts.local, facts.local_why = locality(question)
+    episodic = _EPISODIC.search(question)
+    facts.episodic = episodic.group(0).lower() if episodic else ""
+    if facts.episodic and not facts.fits and "memory" in available:
+        facts.memory_built = await asyncio.to_thread(memory_built, env)
     if not facts.fits and facts.local and "rag" in available:
         hits = await asyncio.to_thread(env.search, question, k or rag.DEFAULT_K)
         facts.strong, facts.evidence = strength(question, hits)

@@ -42,6 +42,13 @@ def test_the_rule_picks_by_fit_question_and_hits():
     assert rule(facts(strong=False, writes_code=True,
                       available=("direct", "rag", "mapreduce")))[0] == "mapreduce"
     assert rule(facts(available=("direct", "mapreduce")))[0] == "mapreduce"
+    # A who/where/when question goes to a built memory workspace; to rag while it is not.
+    with_memory = ("direct", "memory", "rag", "recursive", "mapreduce")
+    assert rule(facts(episodic="where", memory_built=True, available=with_memory))[0] == "memory"
+    assert rule(facts(episodic="where", memory_built=False, available=with_memory))[0] == "rag"
+    assert rule(facts(episodic="", memory_built=True, available=with_memory))[0] == "rag"
+    assert rule(facts(fits=True, episodic="where", memory_built=True,
+                      available=with_memory))[0] == "direct"
 
 
 def test_the_reasons_name_the_facts_they_rest_on():

@@ -324,3 +324,19 @@ def test_relative_times_count_from_their_anchor(anchor, text, moved) -> None:
     from memory._dates import shift
 
     assert shift(anchor, text) == moved
+
+
+def test_auto_answers_a_who_where_when_question_from_a_built_workspace(tmp_path) -> None:
+    # The story among quiet chapters: too long for one call in this window.
+    quiet = [f"# Day {n}\n\nThe sea was calm and the harbour slept through day {n}. "
+             "Nothing of note was written in the log that morning or evening." for n in range(40)]
+    doc = _ingest(tmp_path, "long.md", story.CHAPTERS + quiet)
+    script = story.operator_reply(story.REPLIES)
+    lm = LM(ScriptedBackend(lambda r: script(r, _answer), context_window=1500))
+    before = Tomes().ask(doc, QUESTION, strategy="auto", lm=lm).details
+    assert before["strategy"] != "memory" and before["auto"]["memory_built"] is False
+    episodic.build(doc, lm=lm)
+    calls = len(lm.backend.requests)
+    result = Tomes().ask(doc, QUESTION, strategy="auto", lm=lm)
+    assert result.details["strategy"] == "memory" and "'where'" in result.details["why"]
+    assert result.answer == "Dover" and len(lm.backend.requests) == calls + 1
