@@ -1,7 +1,7 @@
 """The Environment: one object over a corpus (or one document) that every pipeline reads.
 
 The long input stays here, outside the model: ``text``, ``chunks``, ``search``,
-``grep``, ``llm``/``llm_batch`` and (later) the episodic ``memory``. Offsets always map
+``grep``, ``llm``/``llm_batch`` and the episodic ``memory`` workspace. Offsets always map
 back to the store: every chunk and every match names its document and the character
 span in that document's text, so provenance survives any joining done for ``text``.
 """
@@ -91,7 +91,6 @@ class Environment:
         self.text = text
         self.chunks = chunks
         self._lm = lm
-        self.memory: Any = None  # the episodic workspace arrives with memory/
         self._by_id = {c.id: c for c in chunks}
         self._doc_by_id = {d.id: d for d in documents}
         self._offsets = [d.offset for d in documents]
@@ -100,6 +99,16 @@ class Environment:
         for c in chunks:
             self._chunks_of.setdefault(c.document_id, []).append(c)
             self._chunk_starts.setdefault(c.document_id, []).append(c.start)
+
+    @property
+    def memory(self) -> Any:
+        """The episodic workspace of the target's documents (``memory.workspace.Workspace``:
+        entities, states, events, places, open questions), read from the store when asked;
+        empty until ``tomes memory build`` (or the memory strategy) has read the chunks."""
+        from memory import workspace
+
+        with session_scope() as s:
+            return workspace.load(s, [d.id for d in self.documents])
 
     # --- building ----------------------------------------------------------------------
 

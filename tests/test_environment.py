@@ -113,7 +113,6 @@ def test_llm_and_llm_batch_go_through_the_lm(corpus: dict[str, int]) -> None:
     assert env.llm("hello") == "HELLO"
     assert env.llm_batch(["a", "b", "c"]) == ["A", "B", "C"]
     assert len(backend.requests) == 4
-    assert env.memory is None
 
 
 def test_search_is_restricted_to_the_target(corpus: dict[str, int]) -> None:

@@ -340,3 +340,12 @@ def test_auto_answers_a_who_where_when_question_from_a_built_workspace(tmp_path)
     result = Tomes().ask(doc, QUESTION, strategy="auto", lm=lm)
     assert result.details["strategy"] == "memory" and "'where'" in result.details["why"]
     assert result.answer == "Dover" and len(lm.backend.requests) == calls + 1
+
+
+def test_the_environment_offers_the_targets_workspace(built) -> None:
+    from pipelines.environment import Environment
+
+    doc, _ = built
+    ws = Environment.load(doc).memory
+    assert ws.complete and ws.document_ids == [doc]
+    assert [e.name for e in ws.find("Tom Brown")]  # what the build stored, read through it
