@@ -20,6 +20,7 @@ from app import settings as _settings
 from app.errors import NotFound, TomesError
 from app.events import OnEvent, ignore
 from app.ingest.service import IngestReport, ingest, read_warnings
+from app.rows import CallInfo, DocumentDetail, DocumentInfo, RunDetail, RunInfo, RunStats  # noqa: F401 - part of the API
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
 from pipelines.result import Provenance, Result  # noqa: F401 - part of the API
@@ -55,14 +56,23 @@ class Tomes:
     @_scoped
     def ingest(
         self, paths: Sequence[str | Path], corpus: str = "default", *,
-        embed: bool | None = None, on_event: OnEvent = ignore,
+        embed: bool | None = None, on_event: OnEvent = ignore, ray: str | bool | None = None,
+        ray_cpus: int | None = None,
     ) -> IngestReport:
         """Read files into a corpus, then embed and index what was stored (``embed``;
-        default: ``settings.embed_on_ingest``)."""
+        default: ``settings.embed_on_ingest``). ``ray`` reads the files as Ray tasks (True:
+        a local Ray of ``ray_cpus`` CPUs, or a cluster's address); embedding stays here."""
         from serving.tokenizers import active_tokenizer
 
-        report = ingest([Path(p) for p in paths], corpus, tokenizer=active_tokenizer(),
-                        on_event=on_event)
+        if ray:
+            from pipelines import _batch_ray
+
+            report = _batch_ray.ingest([Path(p) for p in paths], corpus,
+                                       address=None if ray is True else ray,
+                                       num_cpus=ray_cpus, on_event=on_event)
+        else:
+            report = ingest([Path(p) for p in paths], corpus, tokenizer=active_tokenizer(),
+                            on_event=on_event)
         if embed if embed is not None else _settings.get_settings().embed_on_ingest:
             from retrieval import sync_corpus
 
@@ -70,7 +80,7 @@ class Tomes:
         return report
 
     @_scoped
-    def documents(self, corpus: str | None = None) -> list[dict[str, Any]]:
+    def documents(self, corpus: str | None = None) -> list[DocumentInfo]:
         with session_scope() as s:
             query = (
                 select(Document, Corpus.name, func.count(Chunk.id), func.sum(Chunk.n_tokens))
@@ -88,29 +98,32 @@ class Tomes:
             ]
 
     @_scoped
-    def document(self, ref: str | int, *, with_chunks: bool = True) -> dict[str, Any]:
+    def document(self, ref: str | int, *, with_chunks: bool = True) -> DocumentDetail:
         with session_scope() as s:
             doc = resolve_document(s, ref)
-            info = _doc_info(doc, doc.corpus.name, len(doc.chunks), sum(c.n_tokens for c in doc.chunks))
-            info["meta"] = meta = doc.meta or {}
-            if doc.page_starts:
-                info["pages_without_text"] = len(meta.get("pages_without_text") or [])
-            info["warnings"] = read_warnings(doc.source, meta)
+            listed = _doc_info(doc, doc.corpus.name, len(doc.chunks),
+                               sum(c.n_tokens for c in doc.chunks))
+            meta = doc.meta or {}
+            warnings = read_warnings(doc.source, meta)
             others = id_also_names(s, ref)
             if others:
-                info["warnings"].insert(0, (
+                warnings.insert(0, (
                     f"{str(ref)!r} is read as the id of document {doc.id}; it is also the title "
                     f"of document {', '.join(str(d.id) for d in others)}: name that one by its id"))
+            chunks: list[dict[str, Any]] | int = listed.chunks
             if with_chunks:
-                info["chunks"] = [
+                chunks = [
                     {"id": c.id, "ordinal": c.ordinal, "start": c.start, "end": c.end,
                      "page": c.page, "tokens": c.n_tokens, "heading": c.heading, "text": c.text}
                     for c in doc.chunks
                 ]
-            return info
+            return DocumentDetail(
+                **{**listed.to_dict(), "chunks": chunks}, meta=meta, warnings=warnings,
+                pages_without_text=(len(meta.get("pages_without_text") or [])
+                                    if doc.page_starts else None))
 
     @_scoped
-    def remove(self, ref: str | int) -> dict[str, Any]:
+    def remove(self, ref: str | int) -> DocumentInfo:
         """Remove a document, its chunks and vectors. A number that is one document's id
         and another's title is refused (``doc:3`` says "the id")."""
         with session_scope() as s:
@@ -130,7 +143,7 @@ class Tomes:
         from retrieval import sync_corpus
 
         # Drops the removed chunks' vectors (and repairs anything else out of step).
-        sync_corpus(info["corpus"], embed_missing=False)
+        sync_corpus(info.corpus, embed_missing=False)
         return info
 
     @_scoped
@@ -186,7 +199,7 @@ class Tomes:
     # --- runs and calls --------------------------------------------------------------
 
     @_scoped
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50) -> list[RunInfo]:
         from pipelines._runs import reap_runs
 
         reap_runs()  # a run whose process died shows as interrupted, not running forever
@@ -195,7 +208,7 @@ class Tomes:
             return [_run_info(r) for r in rows]
 
     @_scoped
-    def calls(self, run_id: str, *, steps: bool = False) -> list[dict[str, Any]]:
+    def calls(self, run_id: str, *, steps: bool = False) -> list[CallInfo]:
         """A run's model calls in order, each a full call-log row; ``steps`` adds the
         pipeline steps they sit under (``call_tree`` shows both as a tree)."""
         from serving.calllog import STEP
@@ -205,10 +218,7 @@ class Tomes:
             query = query.where(Call.backend != STEP)
         with session_scope() as s:
             rows = s.scalars(query)
-            return [
-                {c.name: getattr(call, c.name) for c in Call.__table__.columns}
-                for call in rows
-            ]
+            return [CallInfo.of(call) for call in rows]
 
     # --- reading documents and managing runs (what the UI shows) --------------------
 
@@ -242,23 +252,24 @@ class Tomes:
                      "heading": h} for i, o, a, b, p, n, h in rows]
 
     @_scoped
-    def run(self, run_id: str) -> dict[str, Any]:
+    def run(self, run_id: str) -> RunDetail:
         """One run: what ``runs()`` lists, plus its params, stored result, finish time
         and the title of its target."""
         from pipelines._runs import load_run
 
         row = load_run(run_id)  # NotFound with advice; marks a dead owner's run interrupted
-        info = {k: row[k] for k in ("id", "pipeline", "target", "question", "status",
-                                    "answer", "error", "params", "result")}
-        info["created_at"] = row["created_at"].isoformat(timespec="seconds")
-        info["finished_at"] = (row["finished_at"].isoformat(timespec="seconds")
-                               if row["finished_at"] else None)
         with session_scope() as s:
-            info["target_title"] = _target_titles(s, [row["target"]])[row["target"]]
-        return info
+            title = _target_titles(s, [row["target"]])[row["target"]]
+        return RunDetail(
+            **{k: row[k] for k in ("id", "pipeline", "target", "question", "status", "answer",
+                                   "error", "params", "result")},
+            created_at=row["created_at"].isoformat(timespec="seconds"),
+            finished_at=(row["finished_at"].isoformat(timespec="seconds")
+                         if row["finished_at"] else None),
+            target_title=title)
 
     @_scoped
-    def run_list(self, limit: int = 50) -> list[dict[str, Any]]:
+    def run_list(self, limit: int = 50) -> list[RunStats]:
         """Runs, newest first, with what a table of them needs: the target's title,
         calls (backend requests), cache hits, tokens, model time and duration."""
         from sqlalchemy import case
@@ -286,14 +297,13 @@ class Tomes:
             out = []
             for r in runs:
                 calls, hits, tokens, latency = stats.get(r.id, (0, 0, 0, 0.0))
-                info = _run_info(r)
-                info.update(
+                out.append(RunStats(
+                    **_run_info(r).to_dict(),
                     target_title=titles[r.target], calls=int(calls), cache_hits=int(hits),
                     tokens=int(tokens), model_ms=round(float(latency), 1),
                     duration_s=round(((r.finished_at or now) - r.created_at).total_seconds(), 1),
                     finished_at=r.finished_at.isoformat(timespec="seconds") if r.finished_at else None,
-                )
-                out.append(info)
+                ))
             return out
 
     @_scoped
@@ -314,14 +324,22 @@ class Tomes:
         with session_scope() as s:
             mine = select(Call.id).where(Call.run_id == run_id)
             # A call of another run may nest under one of these: it becomes a root.
-            s.execute(update(Call).where(Call.parent_id.in_(mine), Call.run_id.is_not(run_id))
+            s.execute(update(Call).where(Call.parent_id.in_(mine), Call.run_id.is_distinct_from(run_id))
                       .values(parent_id=None).execution_options(synchronize_session=False))
             calls = s.scalar(select(func.count()).select_from(Call)
                              .where(Call.run_id == run_id, Call.backend != STEP))
             s.execute(delete(Call).where(Call.run_id == run_id))  # its steps too
             s.execute(delete(Run).where(Run.id == run_id))
         path = self.settings.checkpoint_path
-        if path.exists():
+        from pipelines._runs import postgres_checkpoints
+
+        if (dsn := postgres_checkpoints()) is not None:
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            with PostgresSaver.from_conn_string(dsn) as saver:
+                saver.setup()  # a store no run has checkpointed into yet has no tables
+                saver.delete_thread(run_id)
+        elif path.exists():
             from langgraph.checkpoint.sqlite import SqliteSaver
 
             conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
@@ -551,26 +569,37 @@ class Tomes:
     def batch(
         self, source: str | Path | Sequence[str | dict[str, Any]], out: str | Path, *,
         concurrency: int | None = None, corpus: str = "default", retry_failed: bool = False,
-        on_event: OnEvent = ignore, lm: Any = None,
+        on_event: OnEvent = ignore, lm: Any = None, ray: str | bool | None = None,
+        ray_cpus: int | None = None,
     ) -> Any:
         """Run a JSONL batch of questions and summaries (``pipelines.batch``): ``source``
         is a file or the lines themselves (dicts or JSON text); answers go to ``out`` as they
         finish. Resumable: ids already in ``out`` are skipped (failed ones too, unless
         ``retry_failed``), runs cut off are carried on. File targets are ingested into
-        ``corpus``. Returns a ``BatchReport``."""
+        ``corpus``. ``ray`` runs the items as Ray tasks: True for a local Ray of
+        ``ray_cpus`` CPUs, or a running cluster's address. Returns a ``BatchReport``."""
         from serving.lm import run_sync
 
         return run_sync(self.abatch(source, out, concurrency=concurrency, corpus=corpus,
-                                    retry_failed=retry_failed, on_event=on_event, lm=lm))
+                                    retry_failed=retry_failed, on_event=on_event, lm=lm,
+                                    ray=ray, ray_cpus=ray_cpus))
 
     async def abatch(
         self, source: str | Path | Sequence[str | dict[str, Any]], out: str | Path, *,
         concurrency: int | None = None, corpus: str = "default", retry_failed: bool = False,
-        on_event: OnEvent = ignore, lm: Any = None,
+        on_event: OnEvent = ignore, lm: Any = None, ray: str | bool | None = None,
+        ray_cpus: int | None = None,
     ) -> Any:
         from pipelines import batch
 
         with _settings.override(**self._changes):
+            if ray:
+                from pipelines import _batch_ray
+
+                return await _batch_ray.arun_batch(
+                    source, out, address=None if ray is True else ray, num_cpus=ray_cpus,
+                    corpus=corpus, ingest_path=lambda path: self._ingest_one(path, corpus),
+                    concurrency=concurrency, retry_failed=retry_failed, on_event=on_event)
             return await batch.arun(source, out, concurrency=concurrency,
                                     retry_failed=retry_failed, on_event=on_event, lm=lm,
                                     ingest_path=lambda path: self._ingest_one(path, corpus))
@@ -628,6 +657,37 @@ class Tomes:
         return await self.abatch(items, out, concurrency=concurrency, retry_failed=retry_failed,
                                  on_event=on_event, lm=lm)
 
+    # --- evaluation ------------------------------------------------------------------
+
+    def eval(
+        self, tasks: str | Sequence[str], *, strategies: Sequence[str] | None = None,
+        lengths: str | Sequence[int | str] = "4k", n: int = 3, seed: int = 0,
+        out: str | Path | None = None, concurrency: int | None = None, corpus: str = "eval",
+        options: dict[str, dict[str, Any]] | None = None, on_event: OnEvent = ignore,
+        lm: Any = None, plots: bool = True, meta: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run an evaluation grid (``pipelines.evaluation``): tasks (names or groups:
+        ``tomes eval --list``) x strategies x lengths (tokens, "4k,8k") x ``n`` seeded
+        cases, every case a run in the store; ``out`` (default: under the home) gets
+        cases.jsonl, summary.json, table.md and plots. Resumable: the same ``out`` skips
+        finished cases and resumes cut-off runs. Returns an ``EvalReport``."""
+        from pipelines.evaluation import runner
+
+        if out is None:
+            out = self.settings.home / "eval"
+        return runner.run(list(tasks) if not isinstance(tasks, str) else tasks,
+                          strategies=list(strategies or runner.DEFAULT_STRATEGIES),
+                          lengths=lengths if isinstance(lengths, str) else list(lengths),
+                          n=n, seed=seed, out=out, corpus=corpus, concurrency=concurrency,
+                          tomes=self, lm=lm, options=options, on_event=on_event, plots=plots,
+                          meta=meta)
+
+    def eval_tasks(self) -> list[dict[str, Any]]:
+        """The evaluation tasks ``eval`` knows: name, group, what it tests."""
+        from pipelines.evaluation import tasks
+
+        return tasks()
+
     # --- async twins -----------------------------------------------------------------
     # The pipelines run on the caller's event loop (their model calls overlap with the
     # caller's other work); the rest is quick store work, run in a worker thread.
@@ -674,17 +734,17 @@ class Tomes:
                       embed: bool | None = None, on_event: OnEvent = ignore) -> IngestReport:
         return await _in_thread(self.ingest, paths, corpus, embed=embed, on_event=on_event)
 
-    async def adocuments(self, corpus: str | None = None) -> list[dict[str, Any]]:
+    async def adocuments(self, corpus: str | None = None) -> list[DocumentInfo]:
         return await _in_thread(self.documents, corpus)
 
     # `tomes docs` in Python: the CLI's name for the listing.
     docs = documents
     adocs = adocuments
 
-    async def adocument(self, ref: str | int, *, with_chunks: bool = True) -> dict[str, Any]:
+    async def adocument(self, ref: str | int, *, with_chunks: bool = True) -> DocumentDetail:
         return await _in_thread(self.document, ref, with_chunks=with_chunks)
 
-    async def aremove(self, ref: str | int) -> dict[str, Any]:
+    async def aremove(self, ref: str | int) -> DocumentInfo:
         return await _in_thread(self.remove, ref)
 
     async def acorpora(self) -> list[str]:
@@ -695,13 +755,13 @@ class Tomes:
         return await _in_thread(self.search, corpus, query, k, mode, document=document,
                                 on_event=on_event)
 
-    async def aruns(self, limit: int = 50) -> list[dict[str, Any]]:
+    async def aruns(self, limit: int = 50) -> list[RunInfo]:
         return await _in_thread(self.runs, limit)
 
-    async def arun(self, run_id: str) -> dict[str, Any]:
+    async def arun(self, run_id: str) -> RunDetail:
         return await _in_thread(self.run, run_id)
 
-    async def acalls(self, run_id: str, *, steps: bool = False) -> list[dict[str, Any]]:
+    async def acalls(self, run_id: str, *, steps: bool = False) -> list[CallInfo]:
         return await _in_thread(self.calls, run_id, steps=steps)
 
     async def acall_tree(self, run_id: str) -> dict[str, Any]:
@@ -721,24 +781,23 @@ def _json_key(*values: Any) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> dict[str, Any]:
-    return {
-        "id": doc.id, "title": doc.title, "corpus": corpus, "format": doc.format,
-        "source": doc.source, "chars": doc.n_chars, "chunks": n_chunks, "tokens": tokens,
-        "pages": len(doc.page_starts) if doc.page_starts else None,
-        "created_at": doc.created_at.isoformat(timespec="seconds"),
-    }
+def _doc_info(doc: Document, corpus: str, n_chunks: int, tokens: int) -> DocumentInfo:
+    return DocumentInfo(
+        id=doc.id, title=doc.title, corpus=corpus, format=doc.format, source=doc.source,
+        chars=doc.n_chars, chunks=n_chunks, tokens=tokens,
+        pages=len(doc.page_starts) if doc.page_starts else None,
+        created_at=doc.created_at.isoformat(timespec="seconds"),
+    )
 
 
-def _run_info(run: Run) -> dict[str, Any]:
+def _run_info(run: Run) -> RunInfo:
     params = run.params or {}
-    return {
-        "id": run.id, "pipeline": run.pipeline, "target": run.target, "question": run.question,
-        "status": run.status, "answer": run.answer, "error": run.error,
-        "created_at": run.created_at.isoformat(timespec="seconds"),
-        # Set when a strategy was chosen for the run (auto): by whom and why.
-        "chosen_by": params.get("chosen_by"), "why": params.get("why"),
-    }
+    return RunInfo(
+        id=run.id, pipeline=run.pipeline, target=run.target, question=run.question,
+        status=run.status, answer=run.answer, error=run.error,
+        created_at=run.created_at.isoformat(timespec="seconds"),
+        chosen_by=params.get("chosen_by"), why=params.get("why"),
+    )
 
 
 

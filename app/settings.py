@@ -32,6 +32,14 @@ class Settings:
     cache_root: Path | None = field(
         default_factory=lambda: Path(p) if (p := os.environ.get("TOMES_CACHE_DIR")) else None
     )
+    # The store (and run checkpoints): a SQLAlchemy URL, e.g.
+    # postgresql+psycopg://user@host/db for a store several machines share. None: SQLite
+    # under home.
+    database_url: str | None = None
+    # FAISS and BM25 files; may be shared storage. None: <home>/indexes.
+    index_root: Path | None = field(
+        default_factory=lambda: Path(p) if (p := os.environ.get("TOMES_INDEX_ROOT")) else None
+    )
 
     # Serving: which backend answers, which model it serves.
     backend: str = "embedded"
@@ -78,11 +86,16 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.db_path}"
+        return self.database_url or f"sqlite:///{self.db_path}"
+
+    @property
+    def store(self) -> Path | str:
+        """What app.store.open_store opens: the database URL, else the SQLite file."""
+        return self.database_url or self.db_path
 
     @property
     def index_dir(self) -> Path:
-        return self.home / "indexes"
+        return self.index_root or self.home / "indexes"
 
     @property
     def cache_dir(self) -> Path:
@@ -124,6 +137,12 @@ def _validate(s: Settings) -> None:
         raise bad("concurrency", s.concurrency, "at least 1 (or unset: the backend's capacity)")
     if s.map_tokens is not None and s.map_tokens < 0:
         raise bad("map_tokens", s.map_tokens, "0 (one chunk per call) or more tokens")
+    if s.database_url is not None and not s.database_url.startswith(
+            ("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+        raise SettingsError(
+            f"TOMES_DATABASE_URL={s.database_url!r} is not a database tomes can use",
+            "give a postgresql+psycopg://user[:password]@host[:port]/database URL (or a "
+            "sqlite:///path one), or unset it for SQLite under TOMES_HOME")
     if s.fusion not in FUSIONS:
         raise bad("fusion", s.fusion, f"one of {', '.join(FUSIONS)}")
     if s.grounding not in GROUNDINGS:
@@ -135,6 +154,7 @@ _ENV: dict[str, type] = {
     "model": str,
     "base_url": str,
     "api_key_env": str,
+    "database_url": str,
     "concurrency": int,
     "request_timeout": float,
     "call_timeout": float,
@@ -213,7 +233,7 @@ def override(**changes: object) -> Iterator[Settings]:
 
 def _coerce(changes: dict[str, object]) -> dict[str, object]:
     out = {k: v for k, v in changes.items() if v is not None or k == "model"}
-    for key in ("home", "cache_root"):
+    for key in ("home", "cache_root", "index_root"):
         if out.get(key) is not None:
             out[key] = Path(out[key])  # type: ignore[arg-type]
     return out

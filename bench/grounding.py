@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -81,6 +82,7 @@ def _measure(tomes: Any, doc: int, source: str, grounding: str) -> dict[str, Any
             continue
         text = rec["answer"] or rec["extracted"]
         judged += G.support(text, "\n".join(chunks[c] for c in rec["chunk_ids"] if c in chunks))
+    unsupported = [j.sentence for j in judged if not j.supported]
     support = result.details.get("support") or {}
     names = G.names(result.answer)
     invented = G.invented_names(result.answer, source)
@@ -97,22 +99,32 @@ def _measure(tomes: Any, doc: int, source: str, grounding: str) -> dict[str, Any
         "calls": result.calls, "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens, "wall_s": round(wall, 1),
         "summary": result.answer[:600],
+        # What the judge rejected, to read (and to re-judge when the checker changes).
+        "unsupported_record_sentences": unsupported[:20],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-novel", action="store_true", help="skip the whole novel")
+    parser.add_argument("--no-whole", action="store_true",
+                        help="skip the essay and the novel (their rows are kept from the last run)")
     parser.add_argument("--slices", type=int, default=len(SLICES))
+    parser.add_argument("--modes", nargs="+", default=["off", "select"], choices=["off", "select"],
+                        help="measure only these; the others' rows are kept from the last run "
+                             "(\"before\" does not change when the grounded path does)")
     args = parser.parse_args()
+    earlier = json.loads(OUT.read_text()) if OUT.exists() else {}
+    kept = {r["text"]: r for r in earlier.get("slices", [])}
 
-    import os
 
     os.environ.setdefault("TOMES_CACHE_DIR", str(ROOT / "bench" / "results" / "cache"))
     from app.api import Tomes
     from app.settings import override
 
-    figures: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (embedded)", "slices": [], "whole": []}
+    figures: dict[str, Any] = {"model": "SmolLM2-135M-Instruct (embedded)", "slices": [], "whole": [],
+                               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="tomes-grounding-") as home, \
             override(home=home, backend="embedded", embedder="hash", cache=False):
         tomes = Tomes()
@@ -123,14 +135,20 @@ def main() -> None:
             doc = tomes.ingest([path], "slices", embed=False).added[0].document_id
             row = {"text": book, "chars": len(source)}
             for grounding in ("off", "select"):
+                if grounding not in args.modes and grounding in kept.get(book, {}):
+                    row[grounding] = {**kept[book][grounding], "kept_from_earlier_run": True}
+                    continue
                 row[grounding] = _measure(tomes, doc, source, grounding)
                 print(book, grounding, {k: v for k, v in row[grounding].items() if k != "summary"},
                       flush=True)
             figures["slices"].append(row)
 
-        wholes = [("a_modest_proposal.txt", "the demo's essay")]
-        if not args.no_novel:
+        wholes = [] if args.no_whole else [("a_modest_proposal.txt", "the demo's essay")]
+        if not args.no_novel and not args.no_whole:
             wholes.append(("pride_and_prejudice.txt", "a whole novel"))
+        measured = {book for book, _ in wholes}
+        figures["whole"] += [{**w, "kept_from_earlier_run": True} for w in earlier.get("whole", [])
+                             if w["text"] not in measured]
         for book, what in wholes:
             doc = tomes.ingest([BOOKS / book], "whole", embed=False).added[0].document_id
             result, _records, wall = _summarize(tomes, doc, "auto", length="short")
@@ -162,6 +180,9 @@ def main() -> None:
     figures["ratios"] = {k: round(s["select"][k] / s["off"][k], 2) if s["off"][k] else None
                          for k in ("calls", "prompt_tokens", "wall_s")}
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    figures["load_average_end"] = os.getloadavg()
+    if earlier.get("note"):
+        figures["note"] = earlier["note"]
     OUT.write_text(json.dumps(figures, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     from rich.console import Console

@@ -5,6 +5,8 @@ Same document, same chunks, same backend for every system:
                    consecutive chunks packed up to what the window leaves, and a text that
                    fits one call answered by one call
   - tomes-chunks   the same with --map-tokens 0: one map call per chunk
+  - tomes-greedy   tomes with the planner before issue #16: chunks packed greedily to
+                   the window, whatever the backend's slots (the last wave a straggler)
   - langgraph      the LangChain/LangGraph "summarize text through parallelization"
                    recipe: map with Send, collapse by token_max (1000, as in the recipe)
                    with split_list_of_docs/acollapse_docs, generate_final_summary
@@ -15,7 +17,9 @@ BaseChatModel, a LlamaIndex CustomLLM) wrapping the same serving ``LM``, so ever
 makes identical kinds of calls; calls and tokens are counted on the backend side.
 
 Backends: the scripted fake with a fixed per-call latency (isolates orchestration: wall
-time is then the critical path of calls) and the embedded SmolLM2-135M (bounded to the
+time is then the critical path of calls), the same fake with a latency that grows with
+the prompt (``--prefill-latency`` seconds per 4,096 prompt tokens: a GPU server's prefill,
+where an evened-out wave of shorter calls ends sooner) and the embedded SmolLM2-135M (bounded to the
 first N chunks of one book, since the CPU is shared). A second tomes run of the same job
 shows the response cache: zero model calls.
 
@@ -95,6 +99,32 @@ class Counting(Backend):
 
     async def acount_prompt(self, messages: list[dict[str, str]]) -> int | None:
         return await self.inner.acount_prompt(messages)
+
+
+class Prefill(Backend):
+    """The scripted fake, slower the longer the prompt: ``per_4k`` seconds per 4,096
+    prompt tokens (a server's prefill), calls overlapping up to the capacity."""
+
+    name = "scripted-prefill"
+
+    def __init__(self, inner: Backend, per_4k: float) -> None:
+        self.inner = inner
+        self.per_4k = per_4k
+        self.model = inner.model
+        self.context_window = inner.context_window
+        self.capacity = inner.capacity
+        self.supports_json_schema = inner.supports_json_schema  # type: ignore[misc]
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        response = await self.inner.achat(request)
+        await asyncio.sleep(self.per_4k * response.usage.prompt_tokens / 4096)
+        return response
+
+    def tokenizer(self):  # noqa: ANN201
+        return self.inner.tokenizer()
+
+    def prompt_overhead(self, messages: list[dict[str, str]]) -> int:
+        return self.inner.prompt_overhead(messages)
 
 
 def scripted_reply(request: ChatRequest) -> str:
@@ -312,9 +342,24 @@ async def run_llamaindex(lm: Any, doc_id: int, chunks: list[str]) -> str:
     return str(response)
 
 
+async def run_tomes_greedy(lm: Any, doc_id: int, chunks: list[str]) -> str:
+    """tomes with greedy packing to the window (the planner before wave-aware planning)."""
+    from pipelines import _waves as W
+
+    planned = W.plan
+    W.plan = lambda sizes, *, limit, capacity, breaks=(), **_: [  # type: ignore[assignment]
+        (a + s, a + e) for a, b in W._segments(len(sizes), breaks)
+        for s, e in W.greedy(sizes[a:b], limit)]
+    try:
+        return await run_tomes(lm, doc_id, chunks)
+    finally:
+        W.plan = planned
+
+
 SYSTEMS: dict[str, Callable[..., Awaitable[str]]] = {
     "tomes": run_tomes,
     "tomes-chunks": lambda lm, d, c: run_tomes(lm, d, c, map_tokens=0),
+    "tomes-greedy": run_tomes_greedy,
     "langgraph": run_langgraph_recipe,
     "llamaindex": run_llamaindex,
 }
@@ -371,7 +416,14 @@ def _verdict(tomes: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
     peers = [r for r in rows if not r["system"].startswith("tomes")]
     best_tokens = min(peers, key=lambda r: r["tokens"])
     best_wall = min(peers, key=lambda r: r["wall_s"])
+    llamaindex = next((r for r in peers if r["system"] == "llamaindex"), None)
     return {
+        # the issue's own goal: against LlamaIndex TreeSummarize
+        **({"tokens_vs_llamaindex": round(tomes["tokens"] / llamaindex["tokens"], 2),
+            "wall_vs_llamaindex": round(tomes["wall_s"] / llamaindex["wall_s"], 2),
+            "goal_vs_llamaindex_met": (tomes["tokens"] <= llamaindex["tokens"]
+                                       and tomes["wall_s"] <= 0.5 * llamaindex["wall_s"])}
+           if llamaindex else {}),
         "tokens_vs_best_peer": round(tomes["tokens"] / best_tokens["tokens"], 2),
         "best_peer_tokens": best_tokens["system"],
         "wall_vs_best_peer": round(tomes["wall_s"] / best_wall["wall_s"], 2),
@@ -449,6 +501,8 @@ def main() -> None:
     ap.add_argument("--doc", type=Path, default=DEFAULT_DOC)
     ap.add_argument("--latency", type=float, default=0.25, help="scripted per-call latency (s)")
     ap.add_argument("--capacity", type=int, default=8, help="scripted backend capacity")
+    ap.add_argument("--prefill-latency", type=float, default=0.25,
+                    help="second scripted suite: seconds per 4,096 prompt tokens (0: skip)")
     ap.add_argument("--embedded-chunks", type=int, default=4,
                     help="first N chunks of the document for the embedded model (0: skip)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mapreduce_peers.json")
@@ -466,6 +520,7 @@ def main() -> None:
         "document": args.doc.name, "chars": len(text), "latency_s": args.latency,
         "capacity": args.capacity, "token_max_langgraph": TOKEN_MAX,
         "note": "2 shared CPU cores; other jobs may run at the same time",
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
         "suites": [],
     }
     from serving.backends.scripted import ScriptedBackend
@@ -477,6 +532,11 @@ def main() -> None:
     results["suites"].append(asyncio.run(suite(
         f"scripted, {args.latency}s per call, capacity {args.capacity}, {len(chunks)} chunks",
         scripted, doc, chunks, memory=True)))
+    if args.prefill_latency:
+        prefill = Prefill(ScriptedBackend(scripted_reply, capacity=args.capacity), args.prefill_latency)
+        results["suites"].append(asyncio.run(suite(
+            f"scripted, {args.prefill_latency}s per 4,096 prompt tokens, capacity "
+            f"{args.capacity}, {len(chunks)} chunks", prefill, doc, chunks, memory=False)))
 
     if not args.quick and args.embedded_chunks:
         from serving import registry
@@ -491,6 +551,7 @@ def main() -> None:
                 embedded, doc_e, chunks_e, memory=False)))
             registry.close_all()
 
+    results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

@@ -9,7 +9,9 @@ reply, sleeps the same latency and admits as many calls at once (the capacity).
 
 Measured:
   - per-iteration overhead without model time: runs of 1 and 21 iterations with zero
-    latency, (T21 - T1) / 20, so start-up cancels out;
+    latency, (T21 - T1) / 20, so start-up cancels out; in wall time and in CPU time
+    (this process and its waited-for children: tomes' sandbox, rlms' threads), the
+    second being steadier on a shared machine;
   - sandbox start-up: tomes' ``Sandbox`` with the book as ``context`` until its first
     block has run, against rlms' ``LocalREPL`` with the same context;
   - 64 batched sub-calls of latency L at capacity 8 (goal: under 64·L/4; the floor is
@@ -18,7 +20,7 @@ Measured:
     tokens of recursive (code and actions mode) against map-reduce, all in tomes, plus
     rlms on the same trajectory.
 
-    .venv/bin/python bench/recursive_peers.py            # ~1-2 minutes
+    .venv/bin/python bench/recursive_peers.py            # ~2-3 minutes
     .venv/bin/python bench/recursive_peers.py --quick    # fewer repeats
 Writes bench/results/recursive_peers.json. Needs the bench extra: pip install -e '.[peers]'.
 """
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -206,6 +209,11 @@ STEPS = {
 }
 
 
+def _cpu() -> float:
+    own, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+
+
 def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) -> dict[str, Any]:
     """Per-iteration wall time beyond the model's: runs of 1 and 21 iterations, so the
     one-off costs (imports, start-up) cancel; the fastest of ``repeats`` (the machine is
@@ -213,6 +221,7 @@ def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) ->
     step = STEPS[kind]
     model_per_iteration = latency * (1 + step.count("llm_query("))
     samples: dict[str, dict[int, list[float]]] = {"tomes": {}, "rlms": {}}
+    cpu: dict[str, dict[int, list[float]]] = {"tomes": {}, "rlms": {}}
     for name in ("tomes", "rlms"):  # warm-up: imports and first-use caches
         final = (tomes_final if name == "tomes" else rlms_final)("len(context)")
         script = Script([step, final])
@@ -223,18 +232,25 @@ def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) ->
             for n in (1, 21):
                 script = Script([step] * (n - 1) + [final], latency_root=latency,
                                 latency_sub=latency)
+                used = _cpu()
                 seconds, result = (run_tomes(doc, script, n) if name == "tomes"
                                    else run_rlms(context, script, n))
+                used = _cpu() - used
                 answer = result.answer if name == "tomes" else result.response
                 assert str(answer) == str(len(context)), (name, answer)
                 samples[name].setdefault(n, []).append(seconds)
+                cpu[name].setdefault(n, []).append(used)
     out: dict[str, Any] = {"latency_s": latency, "step": step}
     for name, runs in samples.items():
         t1, t21 = min(runs[1]), min(runs[21])
+        c1, c21 = min(cpu[name][1]), min(cpu[name][21])
         out[name] = {"per_iteration_ms": round(1000 * ((t21 - t1) / 20 - model_per_iteration), 2),
+                     "per_iteration_cpu_ms": round(1000 * (c21 - c1) / 20, 2),
                      "run_1_iteration_s": round(t1, 3), "run_21_iterations_s": round(t21, 3)}
     out["ratio_tomes_to_rlms"] = round(out["tomes"]["per_iteration_ms"]
                                        / max(out["rlms"]["per_iteration_ms"], 1e-3), 2)
+    out["cpu_ratio_tomes_to_rlms"] = round(out["tomes"]["per_iteration_cpu_ms"]
+                                           / max(out["rlms"]["per_iteration_cpu_ms"], 1e-3), 2)
     return out
 
 
@@ -376,7 +392,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--latency", type=float, default=0.1, help="sub-call latency L (s)")
     args = parser.parse_args()
-    repeats = 2 if args.quick else 6
+    repeats = 2 if args.quick else 12  # the machine is shared: the fastest of many
 
     from app.api import Tomes
 

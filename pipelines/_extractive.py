@@ -56,9 +56,11 @@ def answer_schema(n: int) -> dict[str, Any]:
 
 
 def select_prompt(mode: str, numbered: str, question: str | None, most: int, part: str = "") -> str:
+    # The sentences first, the question after: over the same piece, a second question
+    # reuses the server's cached prompt prefix.
     if mode == "qa":
         return (
-            f"Question: {question}\n\nSentences{part}:\n{numbered}\n\n"
+            f"Sentences{part}:\n{numbered}\n\nQuestion: {question}\n\n"
             f"Which sentences (at most {most}) help answer the question? If none do, give an "
             'empty list. Reply as JSON: {"sentences": [<numbers>], "label": "<what they say, in a few words>"}'
         )
@@ -71,7 +73,7 @@ def select_prompt(mode: str, numbered: str, question: str | None, most: int, par
 
 def answer_prompt(numbered: str, question: str | None) -> str:
     return (
-        f"Question: {question}\n\nSentences from the document:\n{numbered}\n\n"
+        f"Sentences from the document:\n{numbered}\n\nQuestion: {question}\n\n"
         "Answer the question from these sentences only, in their words; if they do not "
         f'answer it, answer "{NO_INFO}". Reply as JSON: {{"answer": "<short answer>", '
         '"sentences": [<numbers of the sentences it rests on>]}'

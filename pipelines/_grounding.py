@@ -26,6 +26,7 @@ QUOTE_MATCH = 90
 SUPPORT_SHARE = 0.6
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+_PART = re.compile(r"[A-Za-z]+")
 _NAME = re.compile(r"\b[A-Z][a-z'’]+(?:[ -][A-Z][a-z'’]+)*\b")
 # Capitalized words that are not names wherever they stand.
 _NOT_NAMES = {
@@ -125,7 +126,10 @@ def names(text: str) -> set[str]:
 def invented_names(claim: str, source: str) -> list[str]:
     """Names in ``claim`` that occur nowhere in ``source`` (in any case): the strongest
     sign of an invented fact."""
-    present = {w.lower() for w in _WORD.findall(source.translate(_QUOTES))}
+    flat = source.translate(_QUOTES)
+    # Its words whole and in parts: a name stands alone in the claim ("Heaven", "York")
+    # where the source has it joined ("Heaven's sake", "New York-and", "Fifteen-year-old").
+    present = {w.lower() for w in _WORD.findall(flat)} | {w.lower() for w in _PART.findall(flat)}
     return sorted(n for n in names(claim.translate(_QUOTES))
                   if n.lower() not in present and n.lower().rstrip("s") not in present)
 

@@ -105,9 +105,11 @@ def map_prompt(mode: str, text: str, question: str | None, part: str, quotes: bo
     record = _RECORD_QA if mode == "qa" else _RECORD_SUMMARY
     if quotes:
         record = "{" + _QUOTES + record[1:]
+    # The text first, what varies with the request after it: a second question over the
+    # same piece reuses the server's cached prompt prefix (vLLM, llama.cpp slots).
     if mode == "qa":
         return (
-            f"Question: {question}\n\n{body}"
+            f"{body}Question: {question}\n\n"
             f"Report what this text says about the question as JSON:\n{record}\n"
             f"{SCALE}\n{_QA_EXAMPLE}"
         )

@@ -102,8 +102,8 @@ class RunContext:
         self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._started = time.monotonic() - seconds_before
         self.loop: asyncio.AbstractEventLoop | None = None
-        # Sandbox blocks wait on handlers that wait on the loop: a pool of their own, so
-        # nested controllers never starve the loop's default executor.
+        # Sandbox start-ups and search/grep (which may embed a query) run off the loop, in
+        # a pool of the run's own, so nested controllers never starve the default executor.
         self.pool = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="tomes-rlm")
         self.closed = False
 

@@ -2,10 +2,10 @@
 
 Each reply's ```repl blocks run in ``pipelines._sandbox`` (a separate, locked-down
 process; never this one). The sandbox calls back for ``llm_query``,
-``llm_query_batched``, ``rlm_query``, ``search`` and ``grep``: those handlers run in
-the worker thread that runs the block and hand the real work to the event loop, so
-sub-calls share the run's LM (its capacity, cache and call log) and nest under the
-iteration's call. Every handler call and its result is recorded with the block, so a
+``llm_query_batched``, ``rlm_query``, ``search`` and ``grep``: the loop watches the
+sandbox's pipe (``Sandbox.arun``) and awaits those handlers itself, so sub-calls share
+the run's LM (its capacity, cache and call log) and nest under the iteration's call,
+with no thread between the block and the model. Every handler call and its result is recorded with the block, so a
 resumed run rebuilds the REPL by running the finished iterations' blocks again with
 each call answered from that record instead of the model.
 """
@@ -13,7 +13,6 @@ each call answered from that record instead of the model.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import time
 from typing import Any
@@ -91,20 +90,18 @@ class CodeController(Controller):
 
     async def _exec(self, code: str, trace: Trace, call_id: int | None,
                     record: bool = True) -> tuple[Any, list[dict[str, Any]]]:
-        """Run one block in the sandbox (in a worker thread: ``run`` blocks while the
-        handlers it calls need this loop)."""
+        """Run one block in the sandbox, its pipe watched by this loop (``arun``): the
+        handlers it calls are awaited here, in this task's context, so sub-calls nest
+        under the iteration with no thread in between."""
         self._trace, self._call_id, self._calls = trace, call_id, []
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        self.run.loop = loop
-        ex = await loop.run_in_executor(self.run.pool, context.run, self.sandbox.run, code)
+        ex = await self.sandbox.arun(code)
         calls, self._calls = self._calls, []
         return ex, calls if record else []
 
-    # --- handlers (called in the block's worker thread) -----------------------------------
+    # --- handlers (awaited on the loop while the block waits for them) --------------------
 
     def _handler(self, name: str, fn: Any) -> Any:
-        def handler(*args: Any, **kwargs: Any) -> Any:
+        async def handler(*args: Any, **kwargs: Any) -> Any:
             args_j, kwargs_j = _jsonable(list(args)), _jsonable(kwargs)
             if self._replay is not None:
                 done = self._replay.pop(0) if self._replay else None
@@ -116,7 +113,7 @@ class CodeController(Controller):
                 self._diverged += 1
             entry: dict[str, Any] = {"name": name, "args": args_j, "kwargs": kwargs_j}
             try:
-                value = fn(*args, **kwargs)
+                value = await fn(*args, **kwargs)
             except Exception as exc:
                 entry.update(ok=False, error=_message(exc))
                 self._calls.append(entry)
@@ -129,35 +126,37 @@ class CodeController(Controller):
 
         return handler
 
-    def _await(self, coro: Any) -> Any:
-        assert self.run.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.run.loop).result()
+    async def _llm_query(self, prompt: Any) -> str:
+        return await self._sub(_text(prompt), self._trace, self._call_id)
 
-    def _llm_query(self, prompt: Any) -> str:
-        return self._await(self._sub(_text(prompt), self._trace, self._call_id))
-
-    def _llm_query_batched(self, prompts: Any) -> list[str]:
+    async def _llm_query_batched(self, prompts: Any) -> list[str]:
         if not isinstance(prompts, list):
             raise TypeError("llm_query_batched takes a list of prompts")
-        return self._await(self._batch([_text(p) for p in prompts], self._trace, self._call_id))
+        return await self._batch([_text(p) for p in prompts], self._trace, self._call_id)
 
-    def _rlm_query(self, prompt: Any, context: Any = None) -> str:
-        return self._await(self._recurse(_text(prompt), context, self._trace, self._call_id))
+    async def _rlm_query(self, prompt: Any, context: Any = None) -> str:
+        return await self._recurse(_text(prompt), context, self._trace, self._call_id)
 
-    def _search(self, query: Any, k: int = 5) -> list[dict[str, Any]]:
+    async def _search(self, query: Any, k: int = 5) -> list[dict[str, Any]]:
+        trace, text = self._trace, _text(query)
+        # A query may be embedded by a real model: off the loop.
+        loop = asyncio.get_running_loop()
         try:
-            hits = self.view.search(_text(query), int(k))
+            hits = await loop.run_in_executor(self.run.pool, self.view.search, text, int(k))
         except TomesError as exc:
             raise RuntimeError(f"search failed: {exc.cause}") from None
-        self._trace.see([h["chunk_id"] for h in hits])
+        trace.see([h["chunk_id"] for h in hits])
         return hits
 
-    def _grep(self, pattern: Any, limit: int = 100) -> list[dict[str, Any]]:
+    async def _grep(self, pattern: Any, limit: int = 100) -> list[dict[str, Any]]:
+        trace, text = self._trace, _text(pattern)
+        loop = asyncio.get_running_loop()
         try:
-            matches = self.view.grep(_text(pattern), max(1, min(int(limit), 1000)))
+            matches = await loop.run_in_executor(
+                self.run.pool, self.view.grep, text, max(1, min(int(limit), 1000)))
         except TomesError as exc:
             raise ValueError(exc.cause) from None
-        self._trace.see([m["chunk_id"] for m in matches])
+        trace.see([m["chunk_id"] for m in matches])
         return matches
 
     # --- sub-calls (on the loop) ------------------------------------------------------------

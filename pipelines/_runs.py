@@ -11,13 +11,17 @@ owner; a run whose owner died (SIGKILL, a crash, a reboot) shows as ``interrupte
 from __future__ import annotations
 
 import contextvars
+import fcntl
+import logging
 import os
 import socket
+import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -33,6 +37,7 @@ HEARTBEAT_S = 15.0
 LEASE_TTL = timedelta(seconds=120)
 
 _HOST = socket.gethostname()
+log = logging.getLogger(__name__)
 # Runs this process owns -> the event that stops their heartbeat.
 _owned: dict[str, threading.Event] = {}
 _owned_lock = threading.Lock()
@@ -100,6 +105,10 @@ def failures_kept(run_id: str, kept: str = "finished work is kept") -> Iterator[
         fail_run(run_id, f"{exc.cause}. {exc.fix or ''}".strip())
         raise TomesError(exc.cause, f"{exc.fix}; then {resume_fix}" if exc.fix else resume_fix) from exc
     except Exception as exc:
+        from app.store.db import damaged_store, is_damage
+
+        if is_damage(exc):  # the store itself: no run row can be written, resuming won't help
+            raise damaged_store(get_settings().db_path, exc) from exc
         fail_run(run_id, f"{type(exc).__name__}: {exc}")
         raise TomesError(f"run {run_id} stopped: {exc}", f"fix the cause, then {resume_fix}") from exc
     except BaseException:
@@ -118,8 +127,9 @@ def mark_running(run_id: str) -> None:
             raise _busy(run)
         taken = s.execute(
             update(Run)
-            .where(Run.id == run_id, Run.owner_pid.is_(run.owner_pid),
-                   Run.owner_host.is_(run.owner_host))
+            # IS NOT DISTINCT FROM: NULL-safe equality on PostgreSQL too (SQLite's IS).
+            .where(Run.id == run_id, Run.owner_pid.is_not_distinct_from(run.owner_pid),
+                   Run.owner_host.is_not_distinct_from(run.owner_host))
             .values(status="running", error=None, finished_at=None, owner_pid=os.getpid(),
                     owner_host=_HOST, heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
@@ -243,15 +253,147 @@ def _stop_heartbeat(run_id: str) -> None:
         stop.set()
 
 
+def postgres_checkpoints() -> str | None:
+    """The libpq URL checkpoints go to when the store is PostgreSQL (they live where the
+    store lives, so a run resumes on any machine), else None: SQLite at checkpoint_path."""
+    from app.store.db import postgres_dsn
+
+    return postgres_dsn(get_settings().database_url)
+
+
 @asynccontextmanager
 async def checkpointer() -> AsyncIterator[Any]:
-    """The SQLite checkpointer at ``checkpoint_path``. Async: the graphs run async so
-    map calls overlap (the sync ``SqliteSaver`` refuses async use)."""
+    """The checkpointer: SQLite at ``checkpoint_path``, or the store's PostgreSQL
+    database. Async: the graphs run async so map calls overlap (the sync savers refuse
+    async use)."""
+    dsn = postgres_checkpoints()
+    if dsn is not None:
+        async with _postgres_checkpointer(dsn) as saver:
+            yield saver
+        return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+    with sqlite_checkpoints() as path:
+        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+            yield saver
+
+
+@contextmanager
+def sqlite_checkpoints() -> Iterator[Path]:
+    """The SQLite checkpoints file, checked before a saver opens it (every SQLite saver
+    opens it through this). A damaged one is set aside, with its -wal and -shm, as
+    ``checkpoints.db.damaged-<time>`` and a fresh one is started: checkpoints are a
+    shortcut, the run's call log has every finished call, and a resume replays them
+    (``replay_scope``) instead of asking again. Damage found later, by a read or write
+    during the run, sets the file aside the same way and stops the run with one message;
+    the next resume starts on the fresh file."""
     path = get_settings().checkpoint_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+    _set_aside_if_damaged(path)
+    try:
+        yield path
+    except sqlite3.DatabaseError as exc:
+        # The store's raw connections (the call log) raise the same class: only a
+        # checkpoints file that fails its own check is set aside.
+        if _sqlite_damage(exc) and (dest := _set_aside_if_damaged(path)) is not None:
+            raise TomesError(
+                f"the checkpoints file {path} is damaged ({_first_line(exc)}); it was set "
+                f"aside as {dest.name}",
+                "nothing finished is lost: a fresh checkpoints file is started and the "
+                "run's finished calls are replayed from its call log",
+            ) from exc
+        raise
+
+
+def _sqlite_damage(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT / SQLITE_NOTADB from the sqlite3 module (not SQLITE_BUSY & co)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or any(
+        text in str(exc) for text in ("database disk image is malformed", "file is not a database"))
+
+
+def _first_line(exc: BaseException | str) -> str:
+    return (str(exc).splitlines() or [""])[0][:100]
+
+
+def _checkpoints_damage(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be trusted, or None (whole, or not there yet).
+    quick_check reads every page (not the index-to-table cross-checks): 0.1 s for 100 MB."""
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(path, timeout=30)
+        try:
+            found = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if _sqlite_damage(exc):
+            return _first_line(exc)
+        raise  # locked, unreadable...: the saver would fail the same way, and say so
+    return None if found == ["ok"] else _first_line("; ".join(found))
+
+
+def _set_aside_if_damaged(path: Path) -> Path | None:
+    """Move a damaged checkpoints file aside and say so in one line; where it went, or
+    None when it is whole. Under a lock: of two processes that found it damaged, the
+    second checks again and finds the first one's fresh file."""
+    if _checkpoints_damage(path) is None:
+        return None
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        why = _checkpoints_damage(path)
+        if why is None:
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        dest = path.with_name(f"{path.name}.damaged-{stamp}")
+        if dest.exists():
+            dest = dest.with_name(f"{dest.name}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):  # a stale WAL must not be replayed into the new file
+            try:
+                os.replace(path.with_name(path.name + suffix), dest.with_name(dest.name + suffix))
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    _warn(f"the checkpoints file {path} is damaged ({why}); set it aside as {dest.name} and "
+          "started a fresh one (a resumed run's finished calls come from its call log)",
+          {"damaged": str(dest)})
+    return dest
+
+
+def _warn(message: str, data: dict[str, Any]) -> None:
+    """One line on stderr (the log) and, inside a run, in its events (what the UI shows)."""
+    log.warning(message)
+    from app.events import Event
+    from serving.lm import current_events
+
+    on_event = current_events.get()
+    if on_event is not None:
+        on_event(Event("checkpoints", message=message, data={"warning": True, **data}))
+
+
+@asynccontextmanager
+async def _postgres_checkpointer(dsn: str) -> AsyncIterator[Any]:
+    from app.store.db import LOCK_MIGRATE
+
+    try:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    except ImportError as exc:
+        raise TomesError("the store is PostgreSQL, and LangGraph's PostgreSQL checkpointer "
+                         "is not installed",
+                         "pip install 'tomes[scale]' (langgraph-checkpoint-postgres)") from exc
+    async with AsyncPostgresSaver.from_conn_string(dsn) as saver:
+        # Its tables are created one process at a time (CREATE TABLE IF NOT EXISTS races
+        # between processes); the graphs' own setup() then finds them in place.
+        async with saver.conn.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_lock(%s, 1)", (LOCK_MIGRATE,))
+            try:
+                await saver.setup()
+            finally:
+                await cur.execute("SELECT pg_advisory_unlock(%s, 1)", (LOCK_MIGRATE,))
         yield saver
 
 

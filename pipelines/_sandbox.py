@@ -155,6 +155,20 @@ class _Reader:
                 raise _Broken("eof")
             self.buf += chunk
 
+    def take(self) -> dict | None:
+        """The next whole frame in the buffer, if there is one (never reads)."""
+        return self._parse()
+
+    def fill(self) -> None:
+        """One read of what the pipe holds (the loop saw it readable)."""
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            raise _Broken("eof")
+        self.buf += chunk
+
     def _parse(self) -> dict | None:
         if len(self.buf) < _HEADER.size:
             return None
@@ -176,6 +190,90 @@ class _Reader:
                           "code may have written to the sandbox's control pipe)")
         return message
 
+
+@dataclass
+class _Value:
+    value: Any
+
+
+@dataclass
+class _Failed:
+    error: Exception
+
+
+@dataclass
+class _Pending:
+    awaitable: Any
+
+
+async def _wait_for(future: Any, timeout: float) -> None:
+    import asyncio
+
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        pass
+
+
+class _Watch:
+    """The child's message pipe watched by an event loop for one block: registered once
+    (not once a frame: two epoll_ctl calls saved per frame), read only while a frame is
+    awaited, so a child that writes when nobody waits fills the pipe, not this process."""
+
+    def __init__(self, loop: Any, reader: _Reader) -> None:
+        self.loop, self.reader = loop, reader
+        self.waiter: Any = None
+        self.watching = False
+
+    def frame(self, timeout: float) -> Any:
+        """A future of the next frame, or of None after ``timeout``."""
+        future = self.loop.create_future()
+        message = self.reader.take()
+        if message is not None:
+            future.set_result(message)
+            return future
+        self.waiter = future
+        timer = self.loop.call_later(max(0.0, timeout), self._settle, future, None)
+        future.add_done_callback(lambda _f: timer.cancel())
+        if not self.watching:
+            self.loop.add_reader(self.reader.fd, self._readable)
+            self.watching = True
+        return future
+
+    def _readable(self) -> None:
+        future = self.waiter
+        if future is None or future.done():
+            self._pause()                    # nobody waits: leave the bytes in the pipe
+            return
+        try:
+            self.reader.fill()
+            message = self.reader.take()
+        except _Broken as exc:
+            self._settle(future, exc)
+            return
+        if message is not None:
+            self._settle(future, message)
+
+    def _settle(self, future: Any, value: Any) -> None:
+        if future is self.waiter:
+            self.waiter = None
+        if not future.done():
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+    def _pause(self) -> None:
+        if self.watching:
+            self.loop.remove_reader(self.reader.fd)
+            self.watching = False
+
+    def close(self) -> None:
+        self.waiter = None
+        self._pause()
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 _spawner: ThreadPoolExecutor | None = None
 _spawner_lock = threading.Lock()
@@ -266,6 +364,7 @@ class Sandbox:
         self._cmd: int | None = None
         self._reader: _Reader | None = None
         self._out_poll: select.poll | None = None
+        self._stat: int | None = None            # /proc/<child>/stat, read at every block
         self._seq = 0
         self._pending: str | None = None
         self.restarts = 0
@@ -356,13 +455,14 @@ class Sandbox:
 
     def _release(self) -> None:
         self._kill_process()
-        for fd in (self._cmd, self._reader.fd if self._reader else None):
+        for fd in (self._cmd, self._reader.fd if self._reader else None, self._stat):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self._proc, self._cmd, self._reader, self._out_poll = None, None, None, None
+        self._stat = None
 
     def _clean_tmp(self) -> None:
         os.makedirs(self.tmp, mode=0o700, exist_ok=True)
@@ -457,10 +557,13 @@ class Sandbox:
     # --- limits -------------------------------------------------------------------
 
     def _cpu_used(self) -> float:
-        with open(f"/proc/{self._proc.pid}/stat", "rb") as fh:
-            data = fh.read()
+        # Opened once per child and re-read from offset 0 (the kernel renders it afresh);
+        # the descriptor names this process, so a reused pid cannot answer for it.
+        if self._stat is None:
+            self._stat = os.open(f"/proc/{self._proc.pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        data = os.pread(self._stat, 4096, 0)
         fields = data[data.rindex(b")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def _set_cpu_limit(self) -> float:
         """From outside, so the child can never raise it: a soft limit one block's worth
@@ -491,7 +594,7 @@ class Sandbox:
                 raise _Broken("eof") from None
 
     def run(self, code: str) -> Execution:
-        """Run one block; blocking (call it from a worker thread if you are async)."""
+        """Run one block; blocking (from async code use ``arun``)."""
         started = time.monotonic()
         if self._owner == threading.get_ident():
             # The child is waiting for this handler's reply; a nested block cannot run.
@@ -506,20 +609,137 @@ class Sandbox:
                     self._start()            # SandboxError: it cannot start at all
                 pending, self._pending = self._pending, None
                 try:
-                    result = self._exchange(str(code))
+                    result = self._drive(self._exchange(str(code)))
                 except _Broken as broken:
                     result = self._recover(str(broken))
-                if pending:
-                    result.restarted = True
-                    result.stderr = f"[{pending}]\n" + result.stderr
-                result.seconds = time.monotonic() - started
-                return result
+                return self._finish(result, pending, started)
             finally:
                 self._owner = None
                 if self._closed:
                     self._cleanup()
 
-    def _exchange(self, code: str) -> Execution:
+    async def arun(self, code: str) -> Execution:
+        """``run`` for an event loop, on the loop itself: the pipe is watched by the loop
+        instead of a worker thread, and handlers that are coroutine functions are awaited
+        there (no thread switch per block or per call; a plain handler is called
+        inline, so it must not block). The same limits, checks and recovery as ``run``."""
+        import asyncio
+
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if not self._lock.acquire(blocking=False):
+            await loop.run_in_executor(None, self._lock.acquire)
+        try:
+            if self._closed:
+                return Execution(error="the sandbox is closed", seconds=0.0)
+            if self._proc is None:
+                await loop.run_in_executor(None, self._start)
+            pending, self._pending = self._pending, None
+            try:
+                result = await self._adrive(self._exchange(str(code)))
+            except _Broken as broken:
+                result = await loop.run_in_executor(None, self._recover, str(broken))
+            return self._finish(result, pending, started)
+        finally:
+            try:
+                if self._closed:
+                    self._cleanup()
+            finally:
+                self._lock.release()
+
+    def _finish(self, result: Execution, pending: str | None, started: float) -> Execution:
+        if pending:
+            result.restarted = True
+            result.stderr = f"[{pending}]\n" + result.stderr
+        result.seconds = time.monotonic() - started
+        return result
+
+    # The exchange of one block is a generator, so the blocking and the async driver
+    # share every rule: it yields ("write", bytes, timeout), ("frame", timeout) (sent
+    # back: the next frame or None) and ("call", message) (sent back: the handler's
+    # value or the exception it raised), and returns the Execution.
+
+    def _drive(self, steps: Any) -> Execution:
+        sent: Any = None
+        while True:
+            try:
+                step = steps.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            if step[0] == "frame":
+                sent = self._reader.frame(step[1])
+            elif step[0] == "write":
+                self._write(step[1], step[2])
+                sent = None
+            else:
+                sent = self._call(step[1], None)
+
+    async def _adrive(self, steps: Any) -> Execution:
+        import asyncio
+        import inspect
+
+        loop = asyncio.get_running_loop()
+        watch = _Watch(loop, self._reader)
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = steps.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if step[0] == "frame":
+                    sent = await watch.frame(step[1])
+                elif step[0] == "write":
+                    await self._awrite(loop, step[1], step[2])
+                    sent = None
+                else:
+                    sent = self._call(step[1], inspect.isawaitable)
+                    if isinstance(sent, _Pending):
+                        try:
+                            sent = _Value(await sent.awaitable)
+                        except Exception as exc:  # noqa: BLE001 - the model's to see
+                            sent = _Failed(exc)
+        except _Broken:
+            raise
+        except BaseException:
+            # Cancelled (or interrupted) mid-block: the child is mid-block or waiting
+            # for a reply that will not come, so it cannot go on.
+            watch.close()                    # before its pipe is closed
+            self._interrupted()
+            raise
+        finally:
+            watch.close()
+
+    def _interrupted(self) -> None:
+        if self._proc is None:
+            return                           # already released
+        self._release()
+        self._pending = "the previous block was interrupted; " + _LOST
+        self.restarts += 1
+
+    async def _awrite(self, loop: Any, data: bytes, timeout: float) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            try:
+                view = view[os.write(self._cmd, view):]
+                continue
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, OSError):
+                raise _Broken("eof") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Broken("the sandbox stopped reading its input")
+            ready = loop.create_future()
+            fd = self._cmd
+            loop.add_writer(fd, lambda: ready.done() or ready.set_result(True))
+            try:
+                await _wait_for(ready, min(remaining, 1.0))
+            finally:
+                loop.remove_writer(fd)
+
+    def _exchange(self, code: str) -> Any:
         limits = self.limits
         try:
             cpu_start = self._set_cpu_limit()
@@ -528,7 +748,7 @@ class Sandbox:
             if self._proc.poll() is not None:
                 raise _Broken("eof") from None
         self._seq += 1
-        self._write(_encode({"type": "exec", "seq": self._seq, "code": code}), _REPLY_SECONDS)
+        yield ("write", _encode({"type": "exec", "seq": self._seq, "code": code}), _REPLY_SECONDS)
         spent = 0.0                          # wall time in the block's own code
         mark = time.monotonic()
         calls = 0
@@ -554,13 +774,14 @@ class Sandbox:
                 timeout = min(timeout, 0.25)
             else:
                 timeout = min(timeout, limits.cpu_seconds - spent + 0.05)
-            message = self._reader.frame(timeout)
+            message = yield ("frame", timeout)
             if message is None:
                 continue
             kind = message.get("type")
             if kind == "call":
                 calls += 1
-                self._serve_call(message)
+                outcome = yield ("call", message)
+                yield ("write", self._reply(message, outcome), _REPLY_SECONDS)
                 mark = time.monotonic()      # the handler's time is not the block's
             elif kind == "done":
                 if message.get("seq") != self._seq:
@@ -570,10 +791,11 @@ class Sandbox:
                 raise _Broken(f"the sandbox sent a malformed message (type {kind!r}; the code "
                               "may have written to the sandbox's control pipe)")
 
-    def _serve_call(self, message: dict) -> None:
+    def _call(self, message: dict, awaitable: Callable[[Any], bool] | None) -> Any:
+        """Call the handler a "call" frame names: ``_Value``, ``_Failed``, or (async
+        driver) ``_Pending`` with what is left to await."""
         name = message.get("name")
         handler = self._handlers.get(name) if isinstance(name, str) else None
-        reply: dict[str, Any] = {"type": "reply", "id": message.get("id")}
         try:
             if handler is None:
                 raise NameError(f"the sandbox has no function named {name!r}")
@@ -581,26 +803,37 @@ class Sandbox:
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise TypeError(f"{name}(): malformed arguments")
             value = handler(*args, **kwargs)
-            data = _encode({**reply, "ok": True, "value": value})
-            if len(data) > _MAX_FRAME:
-                raise ValueError(f"{name}() returned {len(data) >> 20} MB; at most "
-                                 f"{_MAX_FRAME >> 20} MB can be passed into the sandbox")
         except Exception as exc:  # noqa: BLE001 - a handler's failure is the model's to see
-            text = str(exc) or type(exc).__name__
-            kind = _builtin_kind(exc)
-            if kind != type(exc).__name__:
-                text = f"{type(exc).__name__}: {text}"
-            if len(text) > 2000:
-                text = text[:2000] + " [...]"
-            data = _encode({**reply, "ok": False, "error": text, "kind": kind})
+            return _Failed(exc)
         except BaseException:
             # KeyboardInterrupt and the like belong to the host; the child is left waiting
             # mid-call, so it cannot go on.
-            self._release()
-            self._pending = "the previous block was interrupted; " + _LOST
-            self.restarts += 1
+            self._interrupted()
             raise
-        self._write(data, _REPLY_SECONDS)
+        if awaitable is not None and awaitable(value):
+            return _Pending(value)
+        return _Value(value)
+
+    def _reply(self, message: dict, outcome: Any) -> bytes:
+        name = message.get("name")
+        reply: dict[str, Any] = {"type": "reply", "id": message.get("id")}
+        if isinstance(outcome, _Value):
+            try:
+                data = _encode({**reply, "ok": True, "value": outcome.value})
+                if len(data) > _MAX_FRAME:
+                    raise ValueError(f"{name}() returned {len(data) >> 20} MB; at most "
+                                     f"{_MAX_FRAME >> 20} MB can be passed into the sandbox")
+                return data
+            except Exception as exc:  # noqa: BLE001
+                outcome = _Failed(exc)
+        exc = outcome.error
+        text = str(exc) or type(exc).__name__
+        kind = _builtin_kind(exc)
+        if kind != type(exc).__name__:
+            text = f"{type(exc).__name__}: {text}"
+        if len(text) > 2000:
+            text = text[:2000] + " [...]"
+        return _encode({**reply, "ok": False, "error": text, "kind": kind})
 
     def _execution(self, message: dict, calls: int) -> Execution:
         limit = self.limits.output_chars

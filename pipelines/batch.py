@@ -28,7 +28,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,10 @@ def run_id_for(out: Path, item: Item) -> str:
 
 
 IngestPath = Callable[[Path], int]  # a file -> the id of its document (ingesting if new)
+# Another way to run the pending items (pipelines/_batch_ray.py): given them, the output
+# path and the base directory, it yields each item's record as it finishes; arun alone
+# writes the output.
+RunItems = Callable[[list[Item], Path, Path], AsyncIterator[dict[str, Any]]]
 
 
 class _Runner:
@@ -348,11 +352,13 @@ async def arun(
     source: str | Path | Iterable[str | dict[str, Any]], out: str | Path, *,
     concurrency: int | None = None, retry_failed: bool = False, on_event: OnEvent = ignore,
     lm: Any = None, ingest_path: IngestPath | None = None, base_dir: str | Path | None = None,
+    run_items: RunItems | None = None, workers: int | None = None,
 ) -> BatchReport:
     """Run a batch; ``source`` is a JSONL path or the lines (text or dicts) themselves.
     ``ingest_path`` stores a file target (the API passes its ingest); relative file
     targets are found from the working directory, then from ``base_dir`` (default: the
-    input file's directory)."""
+    input file's directory). ``run_items`` runs the items elsewhere (Ray), ``workers`` of
+    them at once."""
     from serving.lm import get_lm
 
     started = time.perf_counter()
@@ -364,14 +370,15 @@ async def arun(
     capacity = max(1, int(lm.capacity))
     if concurrency is not None and concurrency < 1:
         raise TomesError(f"concurrency is {concurrency}", "use 1 or more")
-    workers = min(concurrency or capacity, capacity)
-    if workers < capacity:  # the same model, its calls held to what was asked for
+    if workers is None:
+        workers = min(concurrency or capacity, capacity)
+    if run_items is None and workers < capacity:  # the same model, its calls held to what was asked for
         from serving.lm import LM
 
         lm = LM(lm.backend, cache=lm.cache, concurrency=workers, db_path=lm.db_path)
     label = str(source) if isinstance(source, (str, Path)) else "<items>"
     report = BatchReport(input=label, out=str(out), total=len(entries), concurrency=workers)
-    if concurrency and concurrency > capacity:
+    if run_items is None and concurrency and concurrency > capacity:
         report.notes.append(f"concurrency {concurrency} is more than the backend's capacity "
                             f"({capacity}); {capacity} items run at once")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,30 +411,36 @@ async def arun(
                        data={"done": 0, "failed": 0, "skipped": report.skipped}))
         queue = list(reversed(pending))
 
-        async def worker() -> None:
+        def tally(record: dict[str, Any]) -> None:
             nonlocal finished
-            while queue:
-                record = await runner.run(queue.pop())
-                write(record)
-                finished += 1
-                if record["status"] == "done":
-                    report.done += 1
-                    report.resumed += bool(record.get("resumed"))
-                    for key in ("calls", "cache_hits", "prompt_tokens", "completion_tokens"):
-                        setattr(report, key, getattr(report, key) + int(record.get(key) or 0))
-                else:
-                    report.failed += 1
-                on_event(Event("batch", finished, total,
-                               message=f"{record['custom_id']} {record['status']}",
-                               data={"done": report.done, "failed": report.failed - report.bad_lines,
-                                     "skipped": report.skipped, "record": record}))
+            write(record)
+            finished += 1
+            if record["status"] == "done":
+                report.done += 1
+                report.resumed += bool(record.get("resumed"))
+                for key in ("calls", "cache_hits", "prompt_tokens", "completion_tokens"):
+                    setattr(report, key, getattr(report, key) + int(record.get(key) or 0))
+            else:
+                report.failed += 1
+            on_event(Event("batch", finished, total,
+                           message=f"{record['custom_id']} {record['status']}",
+                           data={"done": report.done, "failed": report.failed - report.bad_lines,
+                                 "skipped": report.skipped, "record": record}))
 
-        # Twice as many items as calls at once: while ``workers`` items wait on the model,
-        # as many more do what comes before their call (target, retrieval, the run row),
-        # so a freed slot is taken at once instead of after the next item's set-up.
-        # Items about one target read it from the store once.
-        with sharing() as runner.environments:
-            await asyncio.gather(*(worker() for _ in range(min(2 * workers, total))))
+        async def worker() -> None:
+            while queue:
+                tally(await runner.run(queue.pop()))
+
+        if run_items is not None:
+            async for record in run_items(pending, out, Path(base_dir)):
+                tally(record)
+        else:
+            # Twice as many items as calls at once: while ``workers`` items wait on the
+            # model, as many more do what comes before their call (target, retrieval, the
+            # run row), so a freed slot is taken at once instead of after the next item's
+            # set-up. Items about one target read it from the store once.
+            with sharing() as runner.environments:
+                await asyncio.gather(*(worker() for _ in range(min(2 * workers, total))))
     ids = [e.custom_id if isinstance(e, Item) else e["custom_id"] for e in entries]
     report.records = [written[i] for i in ids if i in written]
     report.wall_s = round(time.perf_counter() - started, 3)

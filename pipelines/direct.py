@@ -21,7 +21,7 @@ from pipelines._mapreduce_prompts import NO_INFO
 from pipelines._structured import text_field
 from pipelines.environment import Environment
 from pipelines.result import Result
-from serving.lm import LM, get_lm, run_sync
+from serving.lm import LM, get_lm, replay_scope, run_sync
 
 PIPELINE = "direct"
 OPTIONS = ("answer_tokens",)
@@ -101,7 +101,7 @@ async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
 
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
-    """Run it again: a call that finished before the stop comes from the response cache."""
+    """Run it again: a call that finished before the stop comes from the run's call log."""
     run, done = _runs.load_for_resume(run_id, PIPELINE)
     if done is not None:
         return done
@@ -112,8 +112,9 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     facts = fit(env, lm, run["question"], answer_tokens)
     if not facts["fits"]:
         raise _refusal(env, lm, facts)
-    return await O.execute(run_id, on_event, lambda: _answer(env, lm, run["question"],
-                                                             answer_tokens, run_id, on_event))
+    with replay_scope(run_id):  # a call that finished before the stop, even with the cache off
+        return await O.execute(run_id, on_event, lambda: _answer(env, lm, run["question"],
+                                                                 answer_tokens, run_id, on_event))
 
 
 async def _answer(env: Environment, lm: LM, question: str, answer_tokens: int, run_id: str,

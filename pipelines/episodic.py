@@ -26,11 +26,13 @@ from memory import reconcile as RC
 from memory import workspace as W
 from pipelines import _budget as B
 from pipelines import _runs
+from pipelines import _waves as Waves
 from pipelines._structured import ParseError, parse_object, text_field
-from pipelines.environment import ChunkRecord, Environment
+from pipelines.environment import Environment
 from pipelines.result import Provenance, Result
 from serving.base import ChatResponse
-from serving.lm import LM, get_lm, parent_scope, run_scope, run_sync, with_schema_instruction
+from serving.lm import (LM, get_lm, parent_scope, replay_scope, run_scope, run_sync,
+                        with_schema_instruction)
 
 PIPELINE = "memory"
 _SAFETY = 48
@@ -163,17 +165,14 @@ class Episodic:
         chunks = [c for c in self.env.chunks if c.id in todo]
         room = self.room()
         limit = min(room, self.pack_tokens) if self.pack_tokens else 0
-        groups: list[list[ChunkRecord]] = []
-        used = 0
-        for chunk in chunks:
-            last = groups[-1][-1] if groups else None
-            size = chunk.n_tokens or self.lm.count_tokens(chunk.text)
-            if (not limit or last is None or last.document_id != chunk.document_id
-                    or last.ordinal + 1 != chunk.ordinal or used + size > limit):
-                groups.append([])
-                used = 0
-            groups[-1].append(chunk)
-            used += size
+        if limit:
+            # As few call waves as the backend's slots allow, the calls evened out.
+            sizes = [c.n_tokens or self.lm.count_tokens(c.text) for c in chunks]
+            ranges = Waves.plan(sizes, limit=limit, capacity=self.lm.capacity,
+                                breaks=Waves.breaks_of(chunks))
+            groups = [chunks[a:b] for a, b in ranges]
+        else:
+            groups = [[c] for c in chunks]
         pieces = [Piece(chunk_ids=[c.id for c in g], index=i) for i, g in enumerate(groups)]
         had = len(self.env.chunks) - len(chunks)
         if not pieces:
@@ -392,7 +391,8 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     job = Episodic(env, lm, question=run["question"], pack_tokens=params.get("pack_tokens"),
                    context_tokens=params.get("context_tokens") or Q.DEFAULT_BUDGET,
                    on_event=on_event)
-    return await _execute(job, run_id)
+    with replay_scope(run_id):  # finished calls a lost checkpoint did not keep: from the call log
+        return await _execute(job, run_id)
 
 
 async def _execute(job: Episodic, run_id: str) -> Result:

@@ -25,13 +25,14 @@ from pipelines import _extractive as X
 from pipelines import _grounding as G
 from pipelines import _records as R
 from pipelines import _select as S
+from pipelines import _waves as W
 from pipelines import _runs
 from pipelines._records import Record
 from pipelines._structured import ParseError, parse_object, text_field
-from pipelines.environment import ChunkRecord, Environment
+from pipelines.environment import Environment
 from pipelines.result import Result
 from serving.base import ChatResponse
-from serving.lm import (LM, events_scope, get_lm, parent_scope, run_scope, run_sync,
+from serving.lm import (LM, events_scope, get_lm, parent_scope, replay_scope, run_scope, run_sync,
                         with_schema_instruction)
 
 PIPELINE = "mapreduce"
@@ -73,6 +74,7 @@ class Usage(TypedDict, total=False):
     cache_hits: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int  # of prompt_tokens, read from the server's prefix cache
 
 
 def _add_usage(a: Usage | None, b: Usage | None) -> Usage:
@@ -243,6 +245,7 @@ class MapReduce:
             usage["calls"] = usage.get("calls", 0) + 1
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + response.usage.prompt_tokens
             usage["completion_tokens"] = usage.get("completion_tokens", 0) + response.usage.completion_tokens
+            usage["cached_tokens"] = usage.get("cached_tokens", 0) + response.usage.cached_tokens
         return response
 
     async def _structured(self, system: str, prompt: str, *, node: str, schema: dict[str, Any],
@@ -275,19 +278,19 @@ class MapReduce:
     def plan(self, state: State) -> dict[str, Any]:
         budget = self.map_budget()
         chunks = self.env.chunks
-        groups: list[list[ChunkRecord]] = []
         limit = min(budget, AUTO_MAP_TOKENS if self.map_tokens is None else self.map_tokens)
         if self.map_tokens != 0:
             sizes = self.lm.tokenizer.count_many([c.text for c in chunks])
-            used = 0
-            for chunk, size in zip(chunks, sizes):
-                last = groups[-1][-1] if groups else None
-                if (last is None or last.document_id != chunk.document_id
-                        or last.ordinal + 1 != chunk.ordinal or used + size > limit):
-                    groups.append([])
-                    used = 0
-                groups[-1].append(chunk)
-                used += size
+            breaks = W.breaks_of(chunks)
+            if chunks and not breaks and len(W.greedy(sizes, limit)) == 1:
+                ids = [c.id for c in chunks]
+                whole = Piece(chunk_ids=ids, index=0, start=0, end=len(self._joined(ids)),
+                              part=0, parts=1)
+                if self._fits_direct(whole, limit):
+                    return {"pieces": [whole], "direct": True}
+            # As few call waves as the backend's slots allow, the calls evened out.
+            ranges = W.plan(sizes, limit=limit, capacity=self.lm.capacity, breaks=breaks)
+            groups = [list(chunks[a:b]) for a, b in ranges]
         else:
             groups = [[c] for c in chunks]
         pieces: list[Piece] = []
@@ -297,8 +300,6 @@ class MapReduce:
             for part, (start, end) in enumerate(spans):
                 pieces.append(Piece(chunk_ids=[c.id for c in group], index=len(pieces),
                                     start=start, end=end, part=part, parts=len(spans)))
-        if self.map_tokens != 0 and len(pieces) == 1 and self._fits_direct(pieces[0], limit):
-            return {"pieces": pieces, "direct": True}
         self.on_event(Event("map", 0, len(pieces), message="mapping chunks"))
         step = self.lm.begin_step("map", f"map {len(pieces)} pieces")
         return {"pieces": pieces, "direct": False, "map_step": step}
@@ -674,7 +675,11 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
                     map_tokens=params.get("map_tokens"), on_event=on_event,
                     # Runs from before grounding existed checkpointed unchecked records.
                     grounding=params.get("grounding", "off"), strict=params.get("strict", False))
-    return await _execute(job, run_id)
+    # What the run finished before it stopped is not asked again, cache on or off: a
+    # collapse level killed mid-way has no checkpoint of its finished merges, and a
+    # damaged checkpoints.db (set aside) has none of anything; the call log has them all.
+    with replay_scope(run_id):
+        return await _execute(job, run_id)
 
 
 async def _execute(job: MapReduce, run_id: str) -> Result:
@@ -729,6 +734,7 @@ def _result(job: MapReduce, run_id: str, final: dict[str, Any]) -> Result:
         cache_hits=usage.get("cache_hits", 0),
         prompt_tokens=usage.get("prompt_tokens", 0),
         completion_tokens=usage.get("completion_tokens", 0),
+        cached_tokens=usage.get("cached_tokens", 0),
         details={
             "mode": job.mode, "question": job.question, "length": job.length, "style": job.style,
             "target": job.env.target.label, "pieces": len(final.get("pieces", [])),

@@ -20,7 +20,7 @@ from pipelines import _runs
 from pipelines._mapreduce_prompts import NO_INFO
 from pipelines.environment import Environment
 from pipelines.result import Result
-from serving.lm import LM, get_lm, run_sync
+from serving.lm import LM, get_lm, replay_scope, run_sync
 
 PIPELINE = "rag"
 OPTIONS = ("k", "search", "answer_tokens")
@@ -81,7 +81,7 @@ async def aask(target: str | int, question: str, *, on_event: OnEvent = ignore,
 
 
 async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = None) -> Result:
-    """Run it again: the same hits make the same prompt, served from the response cache
+    """Run it again: the same hits make the same prompt, served from the run's call log
     when its call finished before the stop."""
     run, done = _runs.load_for_resume(run_id, PIPELINE)
     if done is not None:
@@ -90,8 +90,9 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     opts = _check({k: params[k] for k in OPTIONS if k in params})
     lm = lm or _runs.lm_for_run(run)
     env = Environment.load(run["target"], lm=lm)
-    return await O.execute(run_id, on_event, lambda: _answer(env, lm, run["question"], opts,
-                                                             run_id, on_event))
+    with replay_scope(run_id):  # a call that finished before the stop, even with the cache off
+        return await O.execute(run_id, on_event, lambda: _answer(env, lm, run["question"], opts,
+                                                                 run_id, on_event))
 
 
 def _room(lm: LM, question: str, answer_tokens: int) -> int:

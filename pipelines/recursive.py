@@ -20,6 +20,9 @@ sub-calls answered from the checkpoint.
 from __future__ import annotations
 
 import operator
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
 
 from app.errors import TomesError
@@ -29,7 +32,7 @@ from pipelines import _runs
 from pipelines._recursive_run import MODES, Limits, RunContext, Trace, add_usage, new_controller
 from pipelines.environment import Environment
 from pipelines.result import Provenance, Result
-from serving.lm import LM, get_lm, run_scope, run_sync
+from serving.lm import LM, get_lm, replay_scope, run_scope, run_sync
 
 PIPELINE = "recursive"
 # "sync": an iteration's checkpoint is written before the next one asks the model, so a
@@ -131,16 +134,22 @@ class Recursive:
             self._opened = True
             await self.root.open(history)
 
-    async def iterate(self, state: State) -> dict[str, Any]:
+    async def iterate(self, state: State) -> Any:
+        from langgraph.types import Command
+
         history = state.get("iterations", [])
         await self._open(history)
         trace = Trace()
         record = await self.root.step(history, trace)
         record.update(trace.to_record())
-        return {"iterations": [record], "usage": trace.usage}
+        # The node names the next one itself: a conditional edge is one more runnable (and
+        # a worker thread, for a plain function) an iteration. Same channels either way, so
+        # checkpoints of either graph resume with the other.
+        return Command(update={"iterations": [record], "usage": trace.usage},
+                       goto=self.route([*history, record]))
 
-    def route(self, state: State) -> str:
-        history = state.get("iterations", [])
+    def route(self, history: list[dict[str, Any]]) -> str:
+        """Where a run goes after these iterations: on, or to its answer."""
         if history and history[-1].get("final") is not None:
             return "finish"
         return "finish" if self.run.limit_for(history) else "iterate"
@@ -163,10 +172,9 @@ class Recursive:
         from langgraph.graph import END, START, StateGraph
 
         builder = StateGraph(State)
-        builder.add_node("iterate", self.iterate)
+        builder.add_node("iterate", self.iterate, destinations=("iterate", "finish"))
         builder.add_node("finish", self.finish)
         builder.add_edge(START, "iterate")
-        builder.add_conditional_edges("iterate", self.route, ["iterate", "finish"])
         builder.add_edge("finish", END)
         return builder
 
@@ -225,7 +233,76 @@ async def aresume(run_id: str, *, on_event: OnEvent = ignore, lm: LM | None = No
     job = Recursive(env, lm, question=run["question"] or "", mode=mode,
                     limits=Limits(**(params.get("limits") or {})), on_event=on_event,
                     mode_from=params.get("mode_from", "option"))
-    return await _execute(job, run_id)
+    with replay_scope(run_id):  # finished calls a lost checkpoint did not keep: from the call log
+        return await _execute(job, run_id)
+
+
+def _loop_saver_class() -> type:
+    """LangGraph's SQLite checkpointer with its async methods run on the event loop itself
+    (imported on first use, as the graph is).
+
+    An iteration writes two small rows; ``AsyncSqliteSaver`` hands each statement and
+    each commit to its own thread and back (eight thread switches an iteration, most of
+    the controller's own overhead on a busy 2-core machine: bench/recursive_peers.py).
+    The same statements inline take well under a millisecond, as the call log's do.
+    Same tables and format, so runs checkpointed by either saver resume with the other.
+    """
+    global _LoopSaver
+    if _LoopSaver is not None:
+        return _LoopSaver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    class LoopSaver(SqliteSaver):
+        async def aget_tuple(self, config: Any) -> Any:
+            return self.get_tuple(config)
+
+        async def alist(self, config: Any, *, filter: dict[str, Any] | None = None,  # noqa: A002
+                        before: Any = None, limit: int | None = None) -> AsyncIterator[Any]:
+            for item in self.list(config, filter=filter, before=before, limit=limit):
+                yield item
+
+        async def aput(self, config: Any, checkpoint: Any, metadata: Any,
+                       new_versions: Any) -> Any:
+            return self.put(config, checkpoint, metadata, new_versions)
+
+        async def aput_writes(self, config: Any, writes: Any, task_id: str,
+                              task_path: str = "") -> None:
+            self.put_writes(config, writes, task_id, task_path)
+
+        async def adelete_thread(self, thread_id: str) -> None:
+            self.delete_thread(thread_id)
+
+        async def aget_delta_channel_history(self, *, config: Any, channels: Any) -> Any:
+            return self.get_delta_channel_history(config=config, channels=channels)
+
+    _LoopSaver = LoopSaver
+    return LoopSaver
+
+
+_LoopSaver: type | None = None
+
+
+@asynccontextmanager
+async def _loop_saver() -> AsyncIterator[Any]:
+    """The run's checkpointer: the store's PostgreSQL database when the store is there
+    (``_runs.checkpointer``: a run resumes on any machine), else the SQLite file at
+    ``checkpoint_path`` through the on-loop saver, checked (and set aside if damaged) as
+    ``_runs.checkpointer`` checks it."""
+    if _runs.postgres_checkpoints() is not None:
+        async with _runs.checkpointer() as saver:
+            yield saver
+        return
+    with _runs.sqlite_checkpoints() as path:
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        try:
+            saver = _loop_saver_class()(conn)
+            saver.setup()
+            # WAL (set by setup) with NORMAL: a commit survives a killed process without
+            # an fsync per iteration (as the store does, app/store/db.py).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield saver
+        finally:
+            conn.close()
 
 
 async def _execute(job: Recursive, run_id: str) -> Result:
@@ -235,11 +312,7 @@ async def _execute(job: Recursive, run_id: str) -> Result:
     try:
         with _runs.failures_kept(run_id, "finished iterations are kept"):
             with run_scope(run_id):
-                async with _runs.checkpointer() as saver:
-                    await saver.setup()
-                    # WAL (set by the saver) with NORMAL: a commit survives a killed process
-                    # without an fsync per iteration (as the store does, app/store/db.py).
-                    await saver.conn.execute("PRAGMA synchronous=NORMAL")
+                async with _loop_saver() as saver:
                     graph = job.graph().compile(checkpointer=saver)
                     snapshot = await graph.aget_state(config)
                     if snapshot.values:

@@ -28,6 +28,8 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    # Of prompt_tokens, those the server read from its prefix cache (where it says).
+    cached_tokens: int = 0
 
     @property
     def tokens(self) -> int:

@@ -1,5 +1,7 @@
-"""Where a corpus's indexes live, how they are written (atomically) and who may write
-them (one process at a time, by a file lock)."""
+"""Where a corpus's indexes live (under settings.index_dir: TOMES_INDEX_ROOT, which may
+be shared storage), how they are written (atomically) and who may write them (one
+process at a time: a file lock beside a SQLite store, an advisory lock in the database
+when the store is PostgreSQL, which reaches every machine sharing it)."""
 
 from __future__ import annotations
 
@@ -96,12 +98,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _corpus_id_of(directory: Path) -> int | None:
+    """The corpus id in a directory named by corpus_dir."""
+    found = re.search(r"-(\d+)$", directory.name)
+    return int(found.group(1)) if found else None
+
+
 @contextmanager
 def write_lock(directory: Path, *, blocking: bool = True) -> Iterator[bool]:
     """Exclusive right to change a corpus's index files, across threads and processes
-    (flock locks each open file description). Yields False when ``blocking`` is off and
-    another writer holds it."""
+    (flock locks each open file description; on PostgreSQL each holder has its own
+    connection). Yields False when ``blocking`` is off and another writer holds it."""
     directory.mkdir(parents=True, exist_ok=True)
+    corpus_id = _corpus_id_of(directory)
+    if corpus_id is not None and get_settings().database_url:
+        from app.store.db import LOCK_INDEX, advisory_lock, is_postgres, open_store
+
+        engine = open_store()
+        if is_postgres(engine):
+            # flock on shared storage (NFS, SMB) is not reliably exclusive across hosts.
+            with advisory_lock(LOCK_INDEX, corpus_id, engine=engine,
+                               blocking=blocking) as got:
+                yield got
+            return
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

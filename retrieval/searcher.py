@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import NotFound, TomesError
-from app.events import OnEvent, ignore
+from app.events import Event, OnEvent, ignore
 from app.settings import get_settings
 from retrieval import store_state
 from retrieval.embedders import get_embedder
@@ -138,10 +138,27 @@ def _fresh_indexes(cid: int, corpus: str, directory: Path, use_dense: bool, use_
             if acquired:
                 sync_locked(cid, corpus, directory, embed_missing=use_dense, on_event=on_event)
         if not acquired:
-            break
+            indexes = {"dense": dense, "keyword": keyword}
+            if not any(_lacks(indexes[n], ids) for n in wanted):
+                break  # stale entries only: filtered out of the hits below, no wait
+            # The store has chunks these indexes lack, and another writer (an ingest, a
+            # concurrent search) is adding them: a search now would silently miss them
+            # (eight rag questions at once on a new corpus answered "no information").
+            on_event(Event("index", 0, 0, message="waiting for another process indexing "
+                           f"{corpus!r}", data={"corpus": corpus}))
+            with write_lock(directory):
+                sync_locked(cid, corpus, directory, embed_missing=use_dense, on_event=on_event)
         quick = store_state.quick_signature(cid)
     current = None if all(agree[n] for n in wanted) else (ids, hashes)
     return dense, keyword, current
+
+
+def _lacks(index: Any, ids: np.ndarray) -> bool:
+    """Whether the store has chunks (``ids``) that ``index`` does not hold."""
+    if index is None:
+        return bool(len(ids))
+    held = index.chunk_hashes()[0] if hasattr(index, "chunk_hashes") else index.ids
+    return bool((~np.isin(ids, held)).any())
 
 
 def _only_current(hits: list[tuple[int, float]], index, ids: np.ndarray,

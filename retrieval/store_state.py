@@ -35,7 +35,8 @@ def quick_signature(cid: int) -> tuple[int, int, float]:
     sync, and the first search of each process) catches that."""
     with session_scope() as s:
         row = s.execute(
-            select(func.count(Chunk.id), func.coalesce(func.max(Chunk.id), 0), func.total(Chunk.id))
+            select(func.count(Chunk.id), func.coalesce(func.max(Chunk.id), 0),
+                   func.coalesce(func.sum(Chunk.id), 0))  # SQLite's total() is not PostgreSQL's
             .join(Document, Chunk.document_id == Document.id)
             .where(Document.corpus_id == cid)
         ).one()

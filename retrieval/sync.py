@@ -6,9 +6,12 @@ without chunks, never a torn file (index files are replaced atomically). ``sync_
 finds both kinds of difference by comparing chunk ids *and* content fingerprints, and
 repairs them; search runs the same check before it answers.
 
-Embedding is incremental: only chunks without vectors are embedded, progress is saved
-every CHECKPOINT_SECONDS and when the work stops for any reason (an exception raised
-from ``on_event`` is a way to cancel), so an interrupted run resumes where it stopped.
+Embedding is incremental: only chunks without vectors are embedded. Each batch is
+appended to the index's journal as it is embedded (retrieval/_journal.py: the cost of a
+batch, not of the index), the index file is rewritten every CHECKPOINT_SECONDS (for
+concurrent searches) and when the work stops for any reason (an exception raised from
+``on_event`` is a way to cancel); a kill loses at most the batch under way, and the next
+sync folds the journal in and embeds only the rest.
 """
 
 from __future__ import annotations
@@ -26,12 +29,19 @@ from app.errors import TomesError
 from app.events import Event, OnEvent, ignore
 from app.settings import get_settings
 from retrieval import store_state
+from retrieval._journal import Journal
 from retrieval.dense import DenseIndex
 from retrieval.embedders import get_embedder
 from retrieval.files import corpus_dir, file_signature, write_lock
 from retrieval.keyword import KeywordIndex
 
 CHECKPOINT_SECONDS = 60.0
+# Saving may take at most about 1/(1+N) of the embedding's wall time: a journal append
+# waits until the work since the last one took JOURNAL_RATIO times what that append
+# cost (with a real embedder, a batch outweighs an append: every batch is appended), and
+# the index file is rewritten no sooner than REWRITE_RATIO times its last rewrite.
+JOURNAL_RATIO = 10.0
+REWRITE_RATIO = 20.0
 DENSE_FILE = "dense.npz"
 KEYWORD_FILE = "keyword.npz"
 
@@ -149,16 +159,24 @@ def in_step(index_ids: np.ndarray, index_hashes: np.ndarray,
 def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
                 embed_missing: bool, on_event: OnEvent, rebuild: bool) -> int:
     settings = get_settings()
+    journal = Journal(path)
+    if rebuild:
+        journal.discard()
     # A private copy: cached objects may be in use by concurrent searches.
     dense = None if rebuild else DenseIndex.load(path, corpus)
     changed = rebuild and (path.exists() or len(ids) > 0)
-    if dense is not None:
+
+    def drop_stale() -> None:
+        nonlocal changed
         stale = stale_ids(*dense.chunk_hashes(), ids, hashes)
         if len(stale):
             dense.remove(stale)
             changed = True
+
+    if dense is not None:
+        drop_stale()
     embedded = 0
-    completed = False
+    completed = folded = False
     try:
         if embed_missing:
             embedder = get_embedder()
@@ -166,10 +184,17 @@ def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
                 dense = DenseIndex.new(embedder.model_id, embedder.dim)
             else:
                 dense.check_model(embedder.model_id, embedder.dim, corpus)
+            # What a stopped sync embedded after the file was last written. Only a sync
+            # that embeds takes the journal in (it knows the model); others leave it.
+            if journal.exists():
+                if _fold(dense, journal):
+                    changed = True
+                    drop_stale()  # the store may have dropped or changed them since
+                folded = True
             missing = ids[~np.isin(ids, dense.chunk_ids())]
             if len(missing):
-                changed = True
-                embedded = _embed(dense, embedder, missing, path, corpus, on_event,
+                changed = folded = True  # what it journals is in ``dense`` too
+                embedded = _embed(dense, embedder, missing, path, corpus, on_event, journal,
                                   batch=max(1, settings.embed_batch_size))
         completed = True
     finally:
@@ -179,17 +204,34 @@ def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
         if dense is not None and changed:
             dense.save(path)
             _remember(path, dense)
+        if folded:  # the file now holds all the journal had
+            journal.discard()
     return embedded
 
 
+def _fold(dense: DenseIndex, journal: Journal) -> bool:
+    """Add the journal's vectors of chunks the index lacks; True if any were added. A
+    chunk already in the index (the file was written, the journal not yet removed) is
+    not added twice."""
+    added = False
+    for batch in journal.read(dense.model, dense.dim):
+        new = ~np.isin(batch.ids, dense.chunk_ids())
+        if new.any():
+            dense.add(batch.vectors[new], batch.ids[new], batch.hashes[new])
+            added = True
+    return added
+
+
 def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus: str,
-           on_event: OnEvent, *, batch: int) -> int:
+           on_event: OnEvent, journal: Journal, *, batch: int) -> int:
     total = len(missing)
     done = 0
     # Said before the wait, with the count: a search may have to embed first.
     what = f"{total:,} chunks without vectors"
     on_event(Event("embed", 0, total, message=what, data={"missing": total, "corpus": corpus}))
-    last_save = time.monotonic()
+    last_save = last_append = time.monotonic()
+    save_cost = 0.0
+    unsaved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not in the journal yet
     for start in range(0, total, batch):
         rows = store_state.chunk_texts(missing[start : start + batch])
         windows: list[str] = []
@@ -202,14 +244,27 @@ def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus:
             fingerprints.extend([fp] * len(pieces))
         if windows:
             vectors = embedder.encode(windows, batch_size=batch)
-            dense.add(vectors, np.array(owners, np.int64), np.array(fingerprints, np.int64))
+            owner_ids, prints = np.array(owners, np.int64), np.array(fingerprints, np.int64)
+            dense.add(vectors, owner_ids, prints)
+            unsaved.append((vectors, owner_ids, prints))
         done += len(rows)
         on_event(Event("embed", min(start + batch, total), total, message=what,
                        data={"vectors": len(windows), "corpus": corpus}))
-        if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+        now = time.monotonic()
+        if now - last_save > max(CHECKPOINT_SECONDS, REWRITE_RATIO * save_cost):
             dense.save(path)
             _remember(path, dense)
-            last_save = time.monotonic()
+            journal.discard()  # the file holds it all now
+            unsaved.clear()
+            last_save = last_append = time.monotonic()
+            save_cost = last_save - now
+        elif unsaved and now - last_append >= JOURNAL_RATIO * journal.last_cost:
+            journal.append(np.concatenate([u[0] for u in unsaved]),
+                           np.concatenate([u[1] for u in unsaved]),
+                           np.concatenate([u[2] for u in unsaved]),
+                           model=dense.model, dim=dense.dim)
+            unsaved.clear()
+            last_append = time.monotonic()
     return done
 
 

@@ -45,6 +45,9 @@ class ChatRequest:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those the server read from its prefix cache (vLLM's and
+    # llama.cpp's usage.prompt_tokens_details.cached_tokens); 0 where it does not say.
+    cached_tokens: int = 0
 
     @property
     def total(self) -> int:
@@ -60,6 +63,7 @@ class ChatResponse:
     finish_reason: str | None = None
     call_id: int | None = None  # set by the call log
     cache_hit: bool = False
+    endpoint: str | None = None  # which server answered, for backends with several
 
     def parse_json(self) -> Any | None:
         """The reply as JSON, tolerating prose or code fences around one object; None
@@ -70,7 +74,8 @@ class ChatResponse:
         return {
             "text": self.text,
             "usage": {"prompt_tokens": self.usage.prompt_tokens,
-                      "completion_tokens": self.usage.completion_tokens},
+                      "completion_tokens": self.usage.completion_tokens,
+                      "cached_tokens": self.usage.cached_tokens},
             "latency_s": round(self.latency_s, 4),
             "model": self.model,
             "finish_reason": self.finish_reason,

@@ -54,16 +54,59 @@ _LOOKUP = (
 )
 _INSERT = (
     "INSERT INTO calls (run_id, parent_id, node, backend, model, messages, params, response, "
-    "prompt_tokens, completion_tokens, latency_ms, error, cache_hit, cache_key, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "prompt_tokens, completion_tokens, latency_ms, error, cache_hit, cache_key, created_at, "
+    "cached_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-def lookup(key: str, db_path: Path | None = None) -> Cached | None:
-    """The newest successful call with this key, if any."""
-    conn = open_store(db_path).raw_connection()
+# The same on PostgreSQL (psycopg's placeholders, a real boolean and timestamp, the id
+# from RETURNING: psycopg has no lastrowid).
+_PG = {
+    _LOOKUP: _LOOKUP.replace("?", "%s"),
+    _INSERT: _INSERT.replace("?", "%s").replace("(%s, %s, %s, %s, %s, %s, %s,",
+                                               "(%s, %s, %s, %s, %s, %s::json, %s::json,")
+    + " RETURNING id",
+}
+_FINISH_STEP = ("UPDATE calls SET latency_ms = (julianday(?) - julianday(created_at)) * 86400000.0 "
+                "WHERE id = ? AND backend = ?")
+_PG[_FINISH_STEP] = ("UPDATE calls SET latency_ms = "
+                     "EXTRACT(EPOCH FROM (%s::timestamp - created_at)) * 1000.0 "
+                     "WHERE id = %s AND backend = %s")
+
+
+def _sql(engine: Any, statement: str) -> str:
+    return _PG[statement] if engine.dialect.name == "postgresql" else statement
+
+
+# A resumed run's finished calls, by key, whether or not the cache is on: a resume must
+# not redo what the run already paid for (a kill mid-collapse lost the level's finished
+# merges with its checkpoint; a damaged checkpoints.db loses them all).
+_LOOKUP_RUN = (
+    "SELECT id, response, prompt_tokens, completion_tokens, model FROM calls "
+    "WHERE cache_key = ? AND run_id = ? AND error IS NULL AND response IS NOT NULL "
+    "AND trim(response) != '' ORDER BY id DESC LIMIT 1"
+)
+_PG[_LOOKUP_RUN] = _LOOKUP_RUN.replace("?", "%s")
+
+
+def lookup_in_run(key: str, run_id: str, db_path: Path | str | None = None) -> Cached | None:
+    """The newest successful call with this key made under ``run_id``, if any."""
+    engine = open_store(db_path)
+    conn = engine.raw_connection()
     try:
-        row = conn.cursor().execute(_LOOKUP, (key,)).fetchone()
+        row = conn.cursor().execute(_sql(engine, _LOOKUP_RUN), (key, run_id)).fetchone()
+        conn.rollback()
+    finally:
+        conn.close()
+    return Cached(*row) if row else None
+
+
+def lookup(key: str, db_path: Path | str | None = None) -> Cached | None:
+    """The newest successful call with this key, if any."""
+    engine = open_store(db_path)
+    conn = engine.raw_connection()
+    try:
+        row = conn.cursor().execute(_sql(engine, _LOOKUP), (key,)).fetchone()
         conn.rollback()  # end the read transaction
     finally:
         conn.close()  # back to the pool
@@ -75,20 +118,25 @@ def record(
     messages: list[dict[str, str]], params: dict[str, Any], response: str | None,
     prompt_tokens: int = 0, completion_tokens: int = 0, latency_ms: float = 0.0,
     error: str | None = None, cache_hit: bool = False, key: str | None = None,
-    db_path: Path | None = None,
+    db_path: Path | str | None = None, cached_tokens: int = 0,
 ) -> int:
     """Write one call; returns its id. Values are stored the way the ``Call`` model
     reads them (JSON text, SQLAlchemy's datetime format)."""
     values = (
         run_id, parent_id, node, backend, model, json.dumps(messages), json.dumps(params), response,
         int(prompt_tokens), int(completion_tokens), float(latency_ms), error, int(bool(cache_hit)), key,
-        utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),
+        utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), int(cached_tokens),
     )
-    conn = open_store(db_path).raw_connection()
+    engine = open_store(db_path)
+    conn = engine.raw_connection()
     try:
         cursor = conn.cursor()
-        cursor.execute(_INSERT, values)
-        call_id = cursor.lastrowid
+        if engine.dialect.name == "postgresql":
+            values = (*values[:12], bool(cache_hit), key, utcnow(), int(cached_tokens))
+            call_id = cursor.execute(_sql(engine, _INSERT), values).fetchone()[0]
+        else:
+            cursor.execute(_INSERT, values)
+            call_id = cursor.lastrowid
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -99,19 +147,19 @@ def record(
 
 
 def record_step(*, run_id: str | None, parent_id: int | None, node: str, label: str,
-                db_path: Path | None = None) -> int:
+                db_path: Path | str | None = None) -> int:
     return record(run_id=run_id, parent_id=parent_id, node=node, backend=STEP, model=label,
                   messages=[], params={}, response=None, db_path=db_path)
 
 
-def finish_step(step_id: int, db_path: Path | None = None) -> None:
+def finish_step(step_id: int, db_path: Path | str | None = None) -> None:
     """The step's wall time, from its start (a step may end in another process, after a
     resume)."""
-    conn = open_store(db_path).raw_connection()
+    engine = open_store(db_path)
+    conn = engine.raw_connection()
     try:
         conn.cursor().execute(
-            "UPDATE calls SET latency_ms = (julianday(?) - julianday(created_at)) * 86400000.0 "
-            "WHERE id = ? AND backend = ?",
+            _sql(engine, _FINISH_STEP),
             (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), step_id, STEP))
         conn.commit()
     finally:
@@ -123,7 +171,7 @@ def _preview(text: str | None, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def call_tree(run_id: str, db_path: Path | None = None) -> list[dict[str, Any]]:
+def call_tree(run_id: str, db_path: Path | str | None = None) -> list[dict[str, Any]]:
     """The run's calls as a forest: each node has its ``children`` (in call order).
     A call whose parent belongs to another run (or none) is a root."""
     query = select(_calls).where(_calls.c.run_id == run_id).order_by(_calls.c.id)
@@ -136,6 +184,7 @@ def call_tree(run_id: str, db_path: Path | None = None) -> list[dict[str, Any]]:
             "id": row["id"], "parent_id": row["parent_id"], "node": row["node"],
             "backend": row["backend"], "model": row["model"],
             "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
+            "cached_tokens": row["cached_tokens"] or 0,
             "latency_ms": round(row["latency_ms"], 2), "cache_hit": row["cache_hit"],
             "error": row["error"], "step": row["backend"] == STEP,
             "preview": _preview(row["error"] if row["error"] else row["response"]),
@@ -160,7 +209,8 @@ def summarize_tree(roots: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over a call tree: calls, cache hits, errors, tokens, model time (steps are
     counted apart), and how deep it goes."""
     totals = {"calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0,
-              "completion_tokens": 0, "latency_ms": 0.0, "steps": 0, "depth": 0}
+              "completion_tokens": 0, "cached_tokens": 0, "latency_ms": 0.0, "steps": 0,
+              "depth": 0}
     stack = [(n, 1) for n in roots]
     while stack:
         n, depth = stack.pop()
@@ -175,6 +225,7 @@ def summarize_tree(roots: list[dict[str, Any]]) -> dict[str, Any]:
         if not n["cache_hit"]:
             totals["prompt_tokens"] += n["prompt_tokens"]
             totals["completion_tokens"] += n["completion_tokens"]
+            totals["cached_tokens"] += n.get("cached_tokens", 0)
             totals["latency_ms"] += n["latency_ms"]
     totals["latency_ms"] = round(totals["latency_ms"], 1)
     return totals

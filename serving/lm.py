@@ -78,6 +78,24 @@ async def _waiting(coro: Any, what: str, every: float) -> Any:
             task.cancel()
 
 
+# The run being resumed: its finished calls are replayed from the call log by request
+# key even with the cache off (see replay_scope).
+current_replay: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tomes_replay", default=None
+)
+
+
+@contextmanager
+def replay_scope(run_id: str | None) -> Iterator[None]:
+    """Around a resume: a call that run already finished (same request key, logged under
+    it) is answered from its log row instead of being made again, cache on or off."""
+    token = current_replay.set(run_id)
+    try:
+        yield
+    finally:
+        current_replay.reset(token)
+
+
 @contextmanager
 def run_scope(run_id: str | None) -> Iterator[None]:
     token = current_run.set(run_id)
@@ -137,7 +155,7 @@ _OVERFLOW_LOG_CHARS = 2000
 class LM:
     def __init__(
         self, backend: Backend, *, cache: bool = True, concurrency: int | None = None,
-        db_path: Path | None = None,
+        db_path: Path | str | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
@@ -146,6 +164,8 @@ class LM:
         self.db_path = db_path
         # One semaphore per event loop: the sync wrappers run a fresh loop per call.
         self._limits: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
+        # (tokenizer, text -> tokens) for count_messages
+        self._counts: tuple[Any, dict[str, int]] = (None, {})
 
     @property
     def model(self) -> str:
@@ -169,8 +189,22 @@ class LM:
     def count_messages(self, messages: Messages, system: str | None = None) -> int:
         """Prompt tokens for these messages, chat-template markup included (estimate)."""
         msgs = as_messages(messages, system)
-        counts = self.backend.tokenizer().count_many([m.get("content", "") for m in msgs])
-        return sum(counts) + self.backend.prompt_overhead(msgs)
+        texts = [m.get("content", "") for m in msgs]
+        # A multi-turn prompt is mostly the turns of the previous one: each text is
+        # counted once (a recursive root prompt repeats its whole history every step).
+        tokenizer = self.backend.tokenizer()
+        owner, memo = self._counts
+        if owner is not tokenizer:  # e.g. the exact tokenizer replaced an estimate
+            memo = {}
+            self._counts = (tokenizer, memo)
+        fresh = [t for t in dict.fromkeys(texts) if t not in memo]
+        counts = dict(zip(fresh, tokenizer.count_many(fresh))) if fresh else {}
+        if counts:
+            if len(memo) > 1024:
+                memo.clear()
+            # Bounded (it holds the texts): turns of a conversation, not whole passages.
+            memo.update((t, n) for t, n in counts.items() if len(t) <= 16384)
+        return sum(counts[t] if t in counts else memo[t] for t in texts) + self.backend.prompt_overhead(msgs)
 
     def describe(self) -> dict[str, Any]:
         info = self.backend.describe()
@@ -240,9 +274,13 @@ class LM:
 
         # Sampled replies (temperature > 0) are not replayed unless asked for (cache=True).
         wanted = cache is True or (cache is None and not temperature)
-        if wanted and self.cache and get_settings().cache:
+        cached = wanted and self.cache and get_settings().cache
+        replay = wanted and run_id is not None and current_replay.get() == run_id
+        if cached or replay:
             started = time.perf_counter()
-            hit = calllog.lookup(key, self.db_path)
+            hit = calllog.lookup(key, self.db_path) if cached else None
+            if hit is None and replay:
+                hit = calllog.lookup_in_run(key, run_id, self.db_path)
             if hit is not None:
                 latency = time.perf_counter() - started
                 call_id = self._record(
@@ -281,12 +319,15 @@ class LM:
             # An empty reply is a failed call: logged as one (never served from the
             # cache), retried under the call that failed, then reported.
             empty = not response.text.strip()
+            served = getattr(response, "endpoint", None)
             response.call_id = self._record(
                 messages=messages, response=response.text,
                 prompt_tokens=response.usage.prompt_tokens,
                 completion_tokens=response.usage.completion_tokens, latency_ms=latency * 1000,
+                cached_tokens=response.usage.cached_tokens,
                 error=f"EmptyReply: finish_reason={response.finish_reason}" if empty else None,
-                **entry,
+                # Which of several servers answered (the key leaves it out on purpose).
+                **({**entry, "params": {**params, "endpoint": served}} if served else entry),
             )
             if not empty:
                 return response
@@ -308,7 +349,7 @@ class LM:
 
         try:
             return calllog.record(db_path=self.db_path, **values)
-        except (SQLAlchemyError, sqlite3.Error) as exc:
+        except (SQLAlchemyError, sqlite3.Error, *_pg_errors()) as exc:
             # A call log that cannot be written must not throw away a model's answer.
             log.warning("could not record a model call: %s", exc)
             return None
@@ -382,4 +423,13 @@ def get_lm(backend: str | Backend | None = None, **backend_kwargs: Any) -> LM:
     if not isinstance(backend, Backend):
         backend = registry.get(backend or settings.backend, **backend_kwargs)
     return LM(backend, cache=settings.cache, concurrency=settings.concurrency,
-              db_path=settings.db_path)
+              db_path=settings.store)
+
+
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    """psycopg's errors, when the store is PostgreSQL (the call log writes through the
+    raw DBAPI connection, so they are not wrapped in SQLAlchemy's)."""
+    import sys
+
+    psycopg = sys.modules.get("psycopg")
+    return (psycopg.Error,) if psycopg is not None else ()

@@ -77,6 +77,7 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in [
             "--max-model-len", "131072",
             "--enable-chunked-prefill",
             "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",  # usage reports the cached prompt tokens
             "--max-num-seqs", "32",
             "--gpu-memory-utilization", "0.90",
         ),
@@ -95,6 +96,7 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in [
             "--max-model-len", "131072",
             "--enable-chunked-prefill",
             "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",  # usage reports the cached prompt tokens
             "--kv-cache-dtype", "fp8",
             "--max-num-seqs", "8",
             "--gpu-memory-utilization", "0.92",
@@ -117,6 +119,7 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in [
             "--enable-chunked-prefill",
             "--max-num-batched-tokens", "32768",
             "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",  # usage reports the cached prompt tokens
             "--max-num-seqs", "4",
             "--gpu-memory-utilization", "0.92",
         ),
@@ -158,6 +161,7 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in [
             "--max-model-len", "1000000",
             "--enable-chunked-prefill",
             "--enable-prefix-caching",
+            "--enable-prompt-tokens-details",  # usage reports the cached prompt tokens
             "--max-num-seqs", "8",
             "--override-generation-config", '{"attn_temperature_tuning": true}',
         ),

@@ -59,6 +59,32 @@ def test_results_serialize_to_the_json_the_cli_prints(tmp_path):
     assert printed["tokens"] == stored.tokens and printed["details"]["k"] == 2
 
 
+
+def test_listings_are_typed_rows_that_serialize_to_the_json_the_cli_prints(tmp_path):
+    from typer.testing import CliRunner
+
+    from app.api import CallInfo, DocumentDetail, DocumentInfo, RunDetail, RunInfo, RunStats
+    from app.cli import app as cli
+
+    doc = ingest_book(tmp_path)
+    t = Tomes()
+    answer = t.ask(doc, "Who keeps the lighthouse on Cedar Island?",
+                   lm=LM(ScriptedBackend(keeper_reply)))
+    docs, runs, calls = t.docs(), t.runs(), t.calls(answer.run_id)
+    shown, run, listed = t.document(doc), t.run(answer.run_id), t.run_list()
+    assert [type(r) for r in (docs[0], shown, runs[0], run, listed[0], calls[0])] == [
+        DocumentInfo, DocumentDetail, RunInfo, RunDetail, RunStats, CallInfo]
+    assert docs[0].id == doc and docs[0]["title"] == docs[0].title and shown.chunks[0]["text"]
+    assert runs[0].id == run.id == listed[0].id == answer.run_id and listed[0].calls == 1
+    assert calls[0].node == "direct" and calls[0].messages[-1]["role"] == "user"
+    for command, rows in ((["docs", "--json"], docs), (["runs", "--json"], runs),
+                          (["show", str(doc), "--json"], shown)):
+        out = CliRunner().invoke(cli, command)
+        assert out.exit_code == 0, out.output
+        expected = [r.to_dict() for r in rows] if isinstance(rows, list) else rows.to_dict()
+        assert json.loads(out.stdout) == expected, command
+
+
 def test_concurrent_aask_calls_overlap_on_one_event_loop(tmp_path):
     doc = ingest_book(tmp_path)
     backend = ScriptedBackend(keeper_reply, latency=0.3, capacity=2)

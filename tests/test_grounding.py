@@ -52,6 +52,21 @@ def test_sentences_have_exact_spans() -> None:
                                               "Then Jane   sang."]
 
 
+def test_a_name_the_source_joins_to_other_letters_is_found() -> None:
+    """Every sentence of a real book is supported by that book: names that stand in the
+    source as "Heaven’s", "New York—and", "Fifteen-year-old" or 'Mouse' were counted as
+    invented, and sentences selected verbatim were dropped as unsupported."""
+    source = ("“Don’t keep coughing so, Kitty, for Heaven’s sake!” East of New York—and "
+              "there. Fifteen-year-old Jo laughed, for the ‘Mouse’ was the pet.")
+    assert G.invented_names("Heaven knows. York is far. Fifteen came. Mouse ran.", source) == []
+    assert G.invented_names("Heaven knows Darryl.", source) == ["Darryl"]
+    book = Path(__file__).resolve().parents[2] / "shared" / "data" / "books" / "little_women.txt"
+    text = book.read_text(encoding="utf-8")[:20000]
+    verbatim = " ".join(" ".join(text[a:b].split()) for a, b in G.sentences(text))
+    judged = G.support(verbatim, text)
+    assert len(judged) > 100 and [j.sentence for j in judged if not j.supported] == []
+
+
 # --- verify: written records must be borne out by their text ------------------------
 
 

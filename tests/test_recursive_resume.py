@@ -121,14 +121,14 @@ def test_killed_code_run_resumes_without_reasking_and_rebuilds_the_repl(
     monkeypatch.setitem(registry._BACKENDS, "slowrlm", "test_recursive_resume:SlowRoot")
     monkeypatch.setattr(SlowRoot, "LATENCY", 0.0)
     monkeypatch.setattr(SlowRoot, "seen", [])
-    # No cache: what is not asked again comes from the checkpoint, not from the call log
-    # (with the cache on, even the interrupted iteration's reply would be reused).
+    # No cache: iterations 1-3 come from the checkpoint; the 4th, whose reply was in when
+    # the process died, from the run's call log (a resume replays its finished calls).
     result = Tomes(cache=False).resume(run_id)
 
     assert result.answer == "P1 P2 P3 P4"  # x1..x3 came back from the replayed blocks
     roots = [r for r in SlowRoot.seen if r.messages[0]["content"].startswith(P.CODE_SYSTEM[:60])]
-    assert roots and min(_assistants(r) for r in roots) == 3  # iteration 4 on, never 1-3
-    assert len(roots) == 2  # iterations 4 and 5
+    assert roots and min(_assistants(r) for r in roots) == 4  # iteration 5 on, never 1-4
+    assert len(roots) == 1  # iteration 5
     subs = [r.messages[-1]["content"] for r in SlowRoot.seen if r not in roots]
     assert subs == ["part 4"]  # parts 1-3 were answered from the checkpoint
     assert result.details["iterations"] == 5 and result.details["limit"] is None

@@ -343,6 +343,34 @@ def test_search_while_another_writer_holds_the_lock_neither_blocks_nor_lies(corp
     assert retrieval.status("lib")["stale"] == 0
 
 
+def test_search_waits_for_a_writer_adding_chunks_the_index_lacks(corpus):
+    """Stale entries are filtered without waiting (above); chunks not yet indexed are
+    not: a search (a rag question) would answer as if they did not exist."""
+    retrieval.sync_corpus("lib")
+    new_id, new_chunks = add_document("lib", "hall", [paragraph("orbit", i) for i in range(3)])
+    directory = index_path("lib").parent
+    release = threading.Event()
+    held = threading.Event()
+
+    def writer() -> None:  # another process's ingest, mid-way
+        with files.write_lock(directory):
+            held.set()
+            release.wait(10)
+
+    threading.Thread(target=writer).start()
+    held.wait(10)
+    result: dict = {}
+    searcher = threading.Thread(target=lambda: result.update(
+        hits=retrieval.search("lib", TOPICS["orbit"], k=5, mode="hybrid")))
+    searcher.start()
+    searcher.join(timeout=1.0)
+    assert searcher.is_alive(), "searched half-built indexes instead of waiting"
+    release.set()
+    searcher.join(timeout=30)
+    assert {h.chunk_id for h in result["hits"]} & set(new_chunks)
+    assert retrieval.status("lib")["missing"] == 0
+
+
 # --- approximate index -----------------------------------------------------------------
 
 

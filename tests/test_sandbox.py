@@ -5,11 +5,15 @@ orphans), then the red-team suite: each attack must be contained, hand a clear e
 back, and leave the sandbox usable for the next block. Attacks whose containment is the
 kernel's run twice: with the Python guards (the clear message) and without them
 (``_disable={"guards"}``), so the kernel layers are shown to hold on their own; the
-network attacks also run against one kernel layer at a time.
+network attacks also run against one kernel layer at a time. The red-team suite runs
+through both drivers: ``run`` (blocking) and ``arun`` (the pipe watched by an event
+loop, handlers awaited there: how the recursive controller runs every block).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import os
 import resource
@@ -32,13 +36,32 @@ FAST = SandboxLimits(cpu_seconds=1.0, wall_seconds=30.0, memory_mb=256, output_c
 BOTH = pytest.mark.parametrize("guards", [True, False], ids=["guards", "kernel-only"])
 
 
+class LoopDriven(Sandbox):
+    """Every block through ``arun``, on an event loop of its own."""
+
+    def run(self, code: str) -> Execution:
+        return asyncio.run(self.arun(code))
+
+
+def pytest_generate_tests(metafunc):
+    if "make" in metafunc.fixturenames and (metafunc.function.__code__.co_firstlineno
+                                            >= _RED_TEAM.__code__.co_firstlineno):
+        metafunc.parametrize("driver", ["run", "arun"], indirect=True)
+
+
 @pytest.fixture
-def make():
+def driver(request):
+    return getattr(request, "param", "run")
+
+
+@pytest.fixture
+def make(driver):
     made: list[Sandbox] = []
+    kind = LoopDriven if driver == "arun" else Sandbox
 
     def build(handlers=None, *, limits=FAST, variables=None, guards=True, disable=(), **kw):
         off = set(disable) | (set() if guards else {"guards"})
-        sandbox = Sandbox(handlers, limits=limits, variables=variables, _disable=off, **kw)
+        sandbox = kind(handlers, limits=limits, variables=variables, _disable=off, **kw)
         made.append(sandbox)
         return sandbox
 
@@ -164,6 +187,80 @@ def test_handler_time_is_not_the_blocks_wall_time(make):
     assert ex.error is None, ex.error
     assert ex.stdout.strip() == "slow model slow model"
     assert ex.seconds >= 2.4
+
+
+def test_arun_awaits_async_handlers_on_the_loop_in_the_callers_context(make):
+    caller = contextvars.ContextVar("caller", default="nobody")
+    seen = []
+
+    async def llm_query(prompt):
+        seen.append((threading.get_ident(), caller.get()))
+        await asyncio.sleep(0)
+        if prompt == "fail":
+            raise LookupError("no such part")
+        return prompt.upper()
+
+    sb = make({"llm_query": llm_query, "plain": lambda x: x * 2})
+
+    async def main():
+        caller.set("iteration 3")
+        ex = await sb.arun("print(llm_query('part'), plain(21))\n"
+                           "try:\n    llm_query('fail')\nexcept LookupError as e:\n    print('caught', e)")
+        return ex, threading.get_ident()
+
+    ex, loop_thread = asyncio.run(main())
+    assert ex.error is None, ex.error
+    assert ex.stdout == "PART 42\ncaught no such part\n" and ex.calls == 3
+    # On the loop's own thread and in the task's context: sub-calls nest under the caller.
+    assert seen == [(loop_thread, "iteration 3")] * 2
+
+
+def test_arun_leaves_the_loop_free_while_the_block_runs(make):
+    sb = make()
+    order = []
+
+    async def block():
+        await sb.arun("import time\ntime.sleep(1.5)")
+        order.append("block done")
+
+    async def other():
+        await asyncio.sleep(0)
+        order.append("other task ran")
+
+    async def main():
+        await asyncio.gather(block(), other())
+
+    asyncio.run(main())
+    assert order == ["other task ran", "block done"]
+    still_works(sb, kept=False)
+
+
+def test_arun_cancelled_in_a_handler_restarts_the_child_next_time(make):
+    started = []
+
+    async def llm_query(prompt):
+        started.append(prompt)
+        await asyncio.Event().wait()     # a model that never answers
+
+    sb = make({"llm_query": llm_query})
+    pid = sb.pid
+
+    async def main():
+        await sb.arun("marker = 1")
+        task = asyncio.ensure_future(sb.arun("llm_query('slow')"))
+        while not started:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await sb.arun("print('marker' in globals())")
+
+    ex = asyncio.run(main())
+    # The child was left waiting for a reply that will not come: it is replaced, and
+    # the next block says the variables are gone.
+    assert not alive(pid) and sb.pid != pid
+    assert ex.restarted and "interrupted" in ex.stderr and ex.stdout == "False\n"
+    still_works(sb, kept=False)
 
 
 def test_final_and_final_var(make):
@@ -348,7 +445,7 @@ def test_the_child_sees_a_scrubbed_environment_and_its_temp_dir(make, monkeypatc
     assert "ModuleNotFoundError" in ex.error
 
 
-def test_garbage_on_the_control_pipe_restarts_the_child(make):
+def test_garbage_on_the_control_pipe_restarts_the_child(make):  # the red team from here
     sb = make()
     ex = sb.run("import os, sys\nos.write(int(sys.argv[2]), b'\\xff' * 64)\nimport time\n"
                 "time.sleep(5)")
@@ -364,6 +461,9 @@ def test_garbage_on_the_control_pipe_restarts_the_child(make):
                 "os.write(int(sys.argv[2]), struct.pack('>I', len(m)) + m)\nprint('real')")
     assert ex.stdout == "real\n" and not ex.restarted
     still_works(sb, kept=False)
+
+
+_RED_TEAM = test_garbage_on_the_control_pipe_restarts_the_child
 
 
 # --- red team: processes ------------------------------------------------------------

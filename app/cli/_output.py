@@ -25,7 +25,13 @@ def safe(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable, ensure_ascii=False) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    """Typed rows and results print as their ``to_dict()``; anything else as text."""
+    to_dict = getattr(value, "to_dict", None)
+    return to_dict() if callable(to_dict) else str(value)
 
 
 @contextmanager

@@ -20,6 +20,20 @@ from app.events import Event, OnEvent
 
 # Exit status when the batch ran but some items failed (their errors are in the output).
 SOME_FAILED = 2
+# Typer has no option with an optional value, so the address is an option of its own.
+RayOpt = typer.Option(False, "--ray", help="Run on Ray: a local Ray started for the run, or "
+                      "the cluster at --ray-address.")
+RayAddressOpt = typer.Option(
+    None, "--ray-address", metavar="ADDRESS",
+    help="A running Ray cluster (host:6379, ray://host:10001, auto); implies --ray. Its "
+         "machines share the store only through TOMES_DATABASE_URL (PostgreSQL).")
+RayCpusOpt = typer.Option(None, "--ray-cpus", min=1,
+                          help="CPUs (workers) of the local Ray started by --ray (default: all).")
+
+
+def ray_target(ray: bool, address: str | None) -> str | bool | None:
+    """--ray / --ray-address for the API: True for a local Ray, else the address."""
+    return address or (True if ray else None)
 
 
 @app.command("batch")
@@ -37,6 +51,9 @@ def batch_cmd(
                                       help="Run the items that failed before again."),
     backend: str = typer.Option(None, "--backend", "-b", help="Serving backend (default: settings)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON for scripts."),
+    ray: bool = RayOpt,
+    ray_address: str = RayAddressOpt,
+    ray_cpus: int = RayCpusOpt,
 ) -> None:
     """Run many questions and summaries; answers go to --out as they finish.
 
@@ -44,7 +61,8 @@ def batch_cmd(
     and fix)."""
     with batch_progress(not as_json) as on_event:
         report = Tomes(backend=backend).batch(input, out, concurrency=concurrency, corpus=corpus,
-                                              retry_failed=retry_failed, on_event=on_event)
+                                              retry_failed=retry_failed, on_event=on_event,
+                                              ray=ray_target(ray, ray_address), ray_cpus=ray_cpus)
     finish(report, as_json)
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from app.api import Tomes
 from app.cli import app
 from app.cli._output import console, print_json, progress, safe
+from app.cli.batch import RayAddressOpt, RayCpusOpt, RayOpt, ray_target
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 
@@ -20,10 +21,15 @@ def ingest_cmd(
     corpus: str = typer.Option("default", "--corpus", "-c", help="Corpus to add them to."),
     embed: bool = typer.Option(True, "--embed/--no-embed", help="Embed and index the chunks."),
     as_json: bool = JsonOpt,
+    ray: bool = RayOpt,
+    ray_address: str = RayAddressOpt,
+    ray_cpus: int = RayCpusOpt,
 ) -> None:
-    """Read files into a corpus: text, chunks, embeddings. Same content twice is a no-op."""
+    """Read files into a corpus: text, chunks, embeddings. Same content twice is a no-op.
+    With --ray the files are read and chunked as Ray tasks; embedding runs here."""
     with progress(not as_json) as on_event:
-        report = Tomes().ingest(paths, corpus, embed=embed, on_event=on_event)
+        report = Tomes().ingest(paths, corpus, embed=embed, on_event=on_event,
+                                ray=ray_target(ray, ray_address), ray_cpus=ray_cpus)
     if as_json:
         print_json({
             "corpus": report.corpus, "embedded": report.embedded,
@@ -73,14 +79,14 @@ def show_cmd(
     if as_json:
         print_json(info)
         return
-    chunks = info.pop("chunks")
-    meta = info.pop("meta")
-    warnings = info.pop("warnings", [])
+    chunks, meta = info.chunks, info.meta
     for key, value in info.items():
+        if key in ("chunks", "meta", "warnings") or (key == "pages_without_text" and value is None):
+            continue
         console.print(f"[bold]{key:>10}[/] {safe(value)}", highlight=False)
     if meta.get("boilerplate"):
         console.print(f"[bold]{'removed':>10}[/] {len(meta['boilerplate'])} boilerplate block(s)")
-    for warning in warnings:
+    for warning in info.warnings:
         console.print(f"[bold yellow]{'warning':>10}[/] {safe(warning)}", highlight=False)
     table = Table("#", "id", "span", "page", "tokens", "text")
     for c in chunks[: limit or None]:

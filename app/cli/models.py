@@ -111,6 +111,8 @@ def _label(call: dict[str, Any]) -> str:
     if call.get("step"):  # a pipeline step: the calls under it are what it caused
         return f"[bold magenta]{escape(call['model'])}[/] [dim]step, {call['latency_ms'] / 1000:.1f} s[/]"
     tokens = f"{call['prompt_tokens']}+{call['completion_tokens']} tok"
+    if call.get("cached_tokens"):  # read from the server's prefix cache
+        tokens += f" ({call['cached_tokens']} prefix-cached)"
     status = "[red]error[/]" if call["error"] else ("[green]cache[/]" if call["cache_hit"] else "")
     preview = escape(call["preview"])
     return (f"[bold]#{call['id']}[/] {call['node'] or '-'}  [dim]{tokens}, "
@@ -130,7 +132,9 @@ def calls_cmd(
     t = info["totals"]
     tree = Tree(
         f"run [bold]{run_id}[/]: {t['calls']} calls ({t['cache_hits']} cached, {t['errors']} failed), "
-        f"{t['prompt_tokens']:,}+{t['completion_tokens']:,} tokens, {t['latency_ms'] / 1000:.1f} s in models, "
+        f"{t['prompt_tokens']:,}+{t['completion_tokens']:,} tokens"
+        + (f" ({t['cached_tokens']:,} prompt tokens prefix-cached)" if t.get("cached_tokens") else "")
+        + f", {t['latency_ms'] / 1000:.1f} s in models, "
         f"{t['depth']} levels deep"
     )
     pending = [(tree, call) for call in info["calls"]]

@@ -217,5 +217,7 @@ def _show(result: Result, as_json: bool) -> None:
     cached = f", {result.cache_hits} from cache" if result.cache_hits else ""
     console.print(
         f"\n[dim]run {result.run_id} · {result.calls} model calls{cached} · "
-        f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion tokens[/]"
+        f"{result.prompt_tokens:,} prompt + {result.completion_tokens:,} completion tokens"
+        + (f" ({result.cached_tokens:,} prompt tokens prefix-cached)" if result.cached_tokens else "")
+        + "[/]"
     )

@@ -85,12 +85,38 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[Outcome]]:
 
 
 def corpus_id(session, name: str) -> int:
-    corpus = session.scalar(select(Corpus).where(Corpus.name == name))
-    if corpus is None:
-        corpus = Corpus(name=name)
-        session.add(corpus)
-        session.flush()
-    return corpus.id
+    """The corpus's id, created on first use. Concurrent first ingests into a new corpus
+    race on this row: the unique name decides, and the loser reads the winner's row
+    inside its own transaction (no check-then-insert)."""
+    cid = _corpus_row(session, name)
+    if cid is None:
+        _insert_corpus(session, name)
+        cid = _corpus_row(session, name)
+    return cid
+
+
+def _corpus_row(session, name: str) -> int | None:
+    return session.scalar(select(Corpus.id).where(Corpus.name == name))
+
+
+def _insert_corpus(session, name: str) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        # INSERT ... ON CONFLICT DO NOTHING: atomic on both, and it keeps the corpus row in
+        # the file's transaction. (A SAVEPOINT would not: pysqlite's RELEASE of an outermost
+        # savepoint commits, so a file failing later would leave its corpus behind.)
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        session.execute(insert(Corpus).values(name=name).on_conflict_do_nothing(
+            index_elements=[Corpus.name]))
+        return
+    try:
+        with session.begin_nested():
+            session.add(Corpus(name=name))
+    except IntegrityError:
+        pass  # another process created it first: read its row
 
 
 def ingest_file(path: Path, corpus: str, tokenizer: Tokenizer) -> Outcome:
@@ -165,8 +191,12 @@ def _store(path, corpus, source, digest, result, spans, tokenizer_name) -> Outco
         cid = corpus_id(session, corpus)
         # Same file, new content: the edited version replaces the old one (its chunks go
         # with it, in this same transaction; its vectors at the next index sync).
+        # Only an older *content* of this file is replaced. The same content stored by a
+        # concurrent ingest of this file stays, and the insert below then loses on the
+        # unique corpus+hash constraint: "unchanged" here, not "updated".
         old = list(session.scalars(
-            select(Document.id).where(Document.corpus_id == cid, Document.source == source)
+            select(Document.id).where(Document.corpus_id == cid, Document.source == source,
+                                      Document.content_hash != digest)
         ))
         if old:
             session.execute(delete(Chunk).where(Chunk.document_id.in_(old)))

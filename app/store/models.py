@@ -115,6 +115,8 @@ class Call(Base):
     response: Mapped[str | None] = mapped_column(Text, default=None)
     prompt_tokens: Mapped[int] = mapped_column(default=0)
     completion_tokens: Mapped[int] = mapped_column(default=0)
+    # Of prompt_tokens, those served from the server's prefix cache (where it says).
+    cached_tokens: Mapped[int] = mapped_column(default=0)
     latency_ms: Mapped[float] = mapped_column(default=0.0)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     cache_hit: Mapped[bool] = mapped_column(default=False)

@@ -27,11 +27,22 @@ def parse_reply(data: dict[str, Any], *, model: str, latency_s: float) -> ChatRe
     usage = data.get("usage") or {}
     return ChatResponse(
         text=text,
-        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                    cached_tokens(usage)),
         latency_s=latency_s,
         model=str(data.get("model") or model),
         finish_reason=choice.get("finish_reason"),
     )
+
+
+def cached_tokens(usage: dict[str, Any]) -> int:
+    """Prompt tokens served from the prefix cache: OpenAI's and vLLM's
+    ``prompt_tokens_details.cached_tokens`` (llama.cpp's server reports it there too)."""
+    details = usage.get("prompt_tokens_details") or {}
+    try:
+        return int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 _CONTEXT_PATTERNS = re.compile(

@@ -19,7 +19,8 @@ from serving.base import Backend, BackendError, ChatRequest, ChatResponse, Token
 DEFAULT_CAPACITY = 64
 # Flags of the HTTP server that the in-process engine does not take.
 _SERVER_ONLY = {"host", "port", "api_key", "served_model_name", "reasoning_parser",
-                "tool_call_parser", "enable_auto_tool_choice", "uvicorn_log_level"}
+                "tool_call_parser", "enable_auto_tool_choice", "uvicorn_log_level",
+                "enable_prompt_tokens_details"}
 GPU_FIX = "pip install 'tomes[gpu]' on a machine with an NVIDIA GPU, or use --backend openai"
 
 
@@ -138,7 +139,9 @@ class VLLMBackend(Backend):
             completion = out.outputs[0]
             responses.append(ChatResponse(
                 text=completion.text,
-                usage=Usage(len(out.prompt_token_ids or []), len(completion.token_ids or [])),
+                usage=Usage(len(out.prompt_token_ids or []), len(completion.token_ids or []),
+                            # prefix-cache hits (vLLM's RequestOutput.num_cached_tokens)
+                            int(getattr(out, "num_cached_tokens", 0) or 0)),
                 latency_s=latency, model=self.model, finish_reason=completion.finish_reason,
             ))
         return responses

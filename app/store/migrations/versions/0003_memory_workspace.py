@@ -22,6 +22,21 @@ BEGIN
 END
 """
 
+# The same on PostgreSQL, whose triggers call a function.
+_ORPHAN_FUNCTION_PG = """
+CREATE OR REPLACE FUNCTION memory_entity_orphan() RETURNS trigger AS $$
+BEGIN
+    DELETE FROM memory_entities e WHERE e.id = OLD.entity_id
+        AND NOT EXISTS (SELECT 1 FROM memory_mentions m WHERE m.entity_id = OLD.entity_id);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql
+"""
+_ORPHAN_TRIGGER_PG = """
+CREATE TRIGGER memory_entity_orphan AFTER DELETE ON memory_mentions
+FOR EACH ROW EXECUTE FUNCTION memory_entity_orphan()
+"""
+
 
 def _chunk_fk() -> sa.ForeignKeyConstraint:
     return sa.ForeignKeyConstraint(['chunk_id'], ['chunks.id'], ondelete='CASCADE')
@@ -143,11 +158,17 @@ def upgrade() -> None:
 
     if op.get_bind().dialect.name == "sqlite":
         op.execute(_ORPHAN_TRIGGER)
+    elif op.get_bind().dialect.name == "postgresql":
+        op.execute(_ORPHAN_FUNCTION_PG)
+        op.execute(_ORPHAN_TRIGGER_PG)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS memory_entity_orphan")
+    elif op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS memory_entity_orphan ON memory_mentions")
+        op.execute("DROP FUNCTION IF EXISTS memory_entity_orphan()")
     for table in ('memory_extractions', 'memory_answers', 'memory_questions',
                   'memory_event_actors', 'memory_events', 'memory_states', 'memory_mentions',
                   'memory_entities'):

@@ -1,0 +1,334 @@
+"""Batches and ingestion on Ray: the same work as pipelines/batch.py and app/ingest, with
+the items (or files) run as Ray tasks.
+
+The driver reads the input, skips what the output already holds and alone writes the
+output, exactly as the local batch does (``batch.arun`` with ``run_items``): only how
+an item runs differs. Each task runs one item in a Ray worker with the driver's settings
+(TOMES_HOME, TOMES_DATABASE_URL, backend, model, base URLs: ``worker_env``) against the
+shared store and the model endpoints, and its record streams back as it finishes. A
+killed batch is carried on like a local one: ids in the output are skipped, runs cut off
+resume from their checkpoints in the store.
+
+The store must be one every worker reaches: SQLite under TOMES_HOME works for a local
+Ray (one machine); a cluster of several machines needs TOMES_DATABASE_URL (PostgreSQL),
+and model servers they can all reach (not the in-process scripted fake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from app.errors import TomesError
+from app.settings import get_settings
+
+INSTALL_FIX = "install it with `pip install 'tomes[scale]'` (or `pip install 'ray[data]'`)"
+# Settings a worker needs that are not TOMES_* variables of the driver's environment.
+_PASSED = ("home", "database_url", "index_root", "cache_root", "backend", "model", "base_url",
+           "api_key_env", "concurrency", "request_timeout", "call_timeout", "embedder",
+           "map_tokens", "grounding", "chunk_tokens", "chunk_overlap", "max_file_mb")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise TomesError("--ray needs Ray, which is not installed", INSTALL_FIX) from None
+    return ray
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's settings (scoped overrides included) as the environment of a
+    worker: TOMES_* variables, and the API key the settings name."""
+    s = get_settings()
+    env = {k: v for k, v in os.environ.items() if k.startswith("TOMES_")}
+    for name in _PASSED:
+        value = getattr(s, name)
+        key = f"TOMES_{name.upper()}" if name != "cache_root" else "TOMES_CACHE_DIR"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    env["TOMES_CACHE"] = "1" if s.cache else "0"
+    if os.environ.get(s.api_key_env):
+        env[s.api_key_env] = os.environ[s.api_key_env]
+    return env
+
+
+class Cluster:
+    """Ray for one run: connected to ``address``, or a local one started for the run
+    (and stopped after it) with ``num_cpus`` CPUs; an already initialised Ray is used
+    as it is."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, *,
+                 calls_models: bool = True) -> None:
+        self.ray = import_ray()
+        self.calls_models = calls_models
+        self.address = address
+        self.num_cpus = num_cpus
+        self.started = False
+
+    def __enter__(self) -> Cluster:
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+            self.started = True
+        self._check_store()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+    @property
+    def cpus(self) -> int:
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
+    def _check_store(self) -> None:
+        s = get_settings()
+        hosts = {n.get("NodeManagerAddress") for n in self.ray.nodes() if n.get("Alive")}
+        if len(hosts) > 1 and s.database_url is None:
+            raise TomesError(
+                f"the Ray cluster has {len(hosts)} machines and the store is SQLite under "
+                f"{s.home}, which only this machine reaches",
+                "set TOMES_DATABASE_URL=postgresql+psycopg://user@host/db (a PostgreSQL "
+                "every machine reaches) and run again")
+        if self.calls_models and s.backend == "scripted":
+            raise TomesError(
+                "the scripted backend lives in this process; Ray workers cannot call it",
+                "point the batch at model servers the workers reach: TOMES_BACKEND=openai "
+                "and TOMES_BASE_URL=http://host:8000/v1[,http://host2:8000/v1]")
+
+    def task(self, fn: Callable[..., Any], **options: Any) -> Any:
+        env = worker_env()
+        return self.ray.remote(fn).options(runtime_env={"env_vars": env}, **options)
+
+
+async def stream(refs: dict[Any, Any]) -> AsyncIterator[tuple[Any, Any, BaseException | None]]:
+    """(key, result, error) for each object ref of ``refs`` (ref -> key) as it is ready."""
+    waiting = {asyncio.wrap_future(ref.future()): key for ref, key in refs.items()}
+    while waiting:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for future in done:
+            key = waiting.pop(future)
+            try:
+                yield key, future.result(), None
+            except Exception as exc:  # noqa: BLE001 - reported for its item, the rest go on
+                yield key, None, exc
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+def _item_task(spec: dict[str, Any], line: int, out: str, base_dir: str, corpus: str,
+               known: dict[str, int]) -> dict[str, Any]:
+    """One item in a Ray worker: the local batch's runner, with file targets the driver
+    already ingested given by document id (the file may not be on this machine)."""
+    from pipelines import batch
+    from serving.lm import get_lm
+
+    item = batch.Item(line=line, **spec)
+    key = (out, base_dir, corpus)
+    runner = _runners.get(key)
+    if runner is None:
+        runner = _runners[key] = _KnownTargets(
+            Path(out), get_lm(), Path(base_dir), lambda p: _ingest_one(p, corpus),
+            lambda _e: None)
+    runner.known = known
+    global _loop
+    if _loop is None or _loop.is_closed():
+        # One loop for the worker's life, not one per item: the HTTP client and its open
+        # connections (kept per loop) serve every item this worker runs.
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(runner.run(item))
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+_runners: dict[tuple[str, str, str], Any] = {}  # one per worker process and batch
+
+
+def _ingest_one(path: Path, corpus: str) -> int:
+    """A file the driver could not ingest (the API's ``_ingest_one``, which pipelines
+    may not import): the same error the local batch gives, or its document."""
+    from app.ingest.service import ingest as ingest_files
+    from serving.tokenizers import active_tokenizer
+
+    outcome = ingest_files([path], corpus, tokenizer=active_tokenizer()).outcomes[0]
+    if outcome.document_id is None:
+        raise TomesError(outcome.error or f"{path} could not be ingested",
+                         "fix the file, or name an ingested document instead")
+    return outcome.document_id
+
+
+def _known_targets_class() -> type:
+    from pipelines.batch import _Runner
+
+    class KnownTargets(_Runner):
+        known: dict[str, int] = {}
+
+        async def target(self, target: str) -> str:
+            if target in self.known:
+                return f"doc:{self.known[target]}"
+            return await super().target(target)
+
+    return KnownTargets
+
+
+def _KnownTargets(*args: Any) -> Any:  # noqa: N802 - a class made on first use
+    return _known_targets_class()(*args)
+
+
+def _crash_record(item: Any, exc: BaseException) -> dict[str, Any]:
+    record: dict[str, Any] = {"custom_id": item.custom_id, "status": "failed", "line": item.line,
+                              "target": item.target, "run_id": None}
+    record["question" if item.question is not None else "summary"] = (
+        item.question if item.question is not None else item.summary)
+    record["error"] = {"cause": f"the Ray task for this item failed: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                       "fix": "run the batch again to retry it (--retry-failed); the worker's "
+                              "log is in the Ray session's logs"}
+    return record
+
+
+def items_runner(cluster: Cluster, *, corpus: str,
+                 ingest_path: Callable[[Path], int] | None) -> Any:
+    """``batch.arun``'s ``run_items`` on ``cluster``: twice as many items submitted as
+    the cluster has CPUs (one runs per CPU, the next waits in Ray's queue)."""
+
+    async def run_items(pending: list[Any], out: Path, base_dir: Path) -> AsyncIterator[dict[str, Any]]:
+        known = await asyncio.to_thread(_ingest_files, pending, base_dir, ingest_path)
+        task = cluster.task(_item_task, num_cpus=1, max_retries=2)
+        queue = list(reversed(pending))
+        limit = 2 * cluster.cpus
+        in_flight: dict[asyncio.Future, Any] = {}
+
+        def submit() -> None:
+            while queue and len(in_flight) < limit:
+                item = queue.pop()
+                spec = {k: v for k, v in asdict(item).items() if k != "line"}
+                ref = task.remote(spec, item.line, str(out), str(base_dir), corpus, known)
+                in_flight[asyncio.wrap_future(ref.future())] = item
+
+        submit()
+        while in_flight:
+            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                item = in_flight.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:  # noqa: BLE001 - a dead worker fails its item only
+                    record = _crash_record(item, exc)
+                yield record
+            submit()
+
+    return run_items
+
+
+def _ingest_files(pending: list[Any], base_dir: Path,
+                  ingest_path: Callable[[Path], int] | None) -> dict[str, int]:
+    """File targets, ingested once on the driver before the items go out: two workers
+    must not ingest one new file at once, and a cluster's workers may not have it."""
+    from pipelines import STRATEGIES
+    from pipelines import _dispatch as D
+    from pipelines.batch import _Runner
+
+    if ingest_path is None:
+        return {}
+    finder = _Runner(Path("."), None, base_dir, None, lambda _e: None)
+    known: dict[str, int] = {}
+    for item in pending:
+        if item.target in known:
+            continue
+        path = finder._file(item.target)
+        if path is None:
+            continue
+        if item.summary is None:  # the local batch checks options before it ingests
+            try:
+                from pipelines import strategy_module
+
+                if item.strategy in STRATEGIES:
+                    D.check_options(item.strategy, strategy_module(item.strategy), item.options)
+            except TomesError:
+                continue
+        try:
+            known[item.target] = ingest_path(path)
+        except TomesError:
+            continue  # the item's worker reports it, as the local batch would
+    return known
+
+
+async def arun_batch(source: Any, out: str | Path, *, address: str | None = None,
+                     num_cpus: int | None = None, corpus: str = "default",
+                     ingest_path: Callable[[Path], int] | None = None, **kwargs: Any) -> Any:
+    """``batch.arun`` with the items as Ray tasks; same output, resume and bad lines."""
+    from pipelines import batch
+
+    with Cluster(address, num_cpus) as cluster:
+        report = await batch.arun(source, out, ingest_path=ingest_path,
+                                  run_items=items_runner(cluster, corpus=corpus,
+                                                         ingest_path=ingest_path),
+                                  workers=cluster.cpus, **kwargs)
+        report.notes.append(f"ran on Ray ({address or 'a local cluster'}, {cluster.cpus} CPUs)")
+    return report
+
+
+# --- ingestion -------------------------------------------------------------------------
+
+
+def _ingest_task(path: str, corpus: str) -> dict[str, Any]:
+    from app.errors import IngestError
+    from app.ingest.service import Outcome, ingest_file
+    from serving.tokenizers import active_tokenizer
+
+    try:
+        outcome = ingest_file(Path(path), corpus, active_tokenizer())
+    except IngestError as exc:
+        outcome = Outcome(path, "failed", error=str(exc))
+    return asdict(outcome)
+
+
+def ingest(paths: list[Path], corpus: str, *, address: str | None = None,
+           num_cpus: int | None = None, on_event: Any = None) -> Any:
+    """Files read, chunked and stored as Ray tasks (one per file). Embedding is left to
+    the caller, on the driver."""
+    from app.events import Event
+    from app.ingest.service import IngestReport, Outcome, corpus_id, expand
+    from app.store import session_scope
+
+    files, missing = expand([Path(p) for p in paths])
+    report = IngestReport(corpus=corpus, outcomes=list(missing))
+    with session_scope() as s:  # made once here: tasks racing to create it would collide
+        corpus_id(s, corpus)
+    with Cluster(address, num_cpus, calls_models=False) as cluster:
+        task = cluster.task(_ingest_task, num_cpus=1, max_retries=1)
+        # Absolute paths: a worker's working directory is not the driver's.
+        refs = {task.remote(str(f.resolve()), corpus): f for f in files}
+
+        async def gather() -> list[Any]:
+            out = []
+            async for path, result, error in stream(refs):
+                if error is not None:
+                    result = asdict(Outcome(str(path), "failed",
+                                            error=f"{path}: the Ray task failed ({type(error).__name__})"))
+                result["path"] = str(path)  # as the local ingest names it
+                out.append(Outcome(**result))
+                if on_event is not None:
+                    on_event(Event("read", len(out), len(files), message=Path(path).name))
+            return out
+
+        from serving.lm import run_sync
+
+        done = run_sync(gather())
+    order = {str(f): i for i, f in enumerate(files)}
+    report.outcomes.extend(sorted(done, key=lambda o: order.get(o.path, len(order))))
+    return report
