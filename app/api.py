@@ -260,9 +260,11 @@ class Tomes:
         row = load_run(run_id)  # NotFound with advice; marks a dead owner's run interrupted
         with session_scope() as s:
             title = _target_titles(s, [row["target"]])[row["target"]]
+        params = row["params"] or {}
         return RunDetail(
             **{k: row[k] for k in ("id", "pipeline", "target", "question", "status", "answer",
-                                   "error", "params", "result")},
+                                   "error", "result")},
+            params=params, chosen_by=params.get("chosen_by"), why=params.get("why"),
             created_at=row["created_at"].isoformat(timespec="seconds"),
             finished_at=(row["finished_at"].isoformat(timespec="seconds")
                          if row["finished_at"] else None),

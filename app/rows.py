@@ -111,20 +111,12 @@ class RunStats(RunInfo):
 
 
 @dataclass(eq=False, repr=False)
-class RunDetail(Row):
+class RunDetail(RunInfo):
     """One run with its parameters and stored result."""
-    id: str
-    pipeline: str
-    target: str
-    question: str | None
-    status: str
-    answer: str | None
-    error: str | None
-    params: dict[str, Any]
-    result: dict[str, Any] | None
-    created_at: str
-    finished_at: str | None
-    target_title: str
+    params: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    finished_at: str | None = None
+    target_title: str = ""
 
 
 @dataclass(eq=False, repr=False)
