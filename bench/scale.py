@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,23 +35,45 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def server(latency: float, capacity: int):
-    """A FakeVLLM whose every reply takes ``latency`` and that serves ``capacity``
-    requests at once (the rest wait, as on a real server's full batch)."""
-    from tests.test_serving_http import FakeVLLM
+_SERVER = """
+import sys, threading
+sys.path.insert(0, sys.argv[3])
+from tests.test_serving_http import FakeVLLM
+latency, capacity = float(sys.argv[1]), int(sys.argv[2])
+fake = FakeVLLM()
+slots = threading.BoundedSemaphore(capacity)
 
-    fake = FakeVLLM()
-    slots = threading.BoundedSemaphore(capacity)
+class Bounded(fake.server.RequestHandlerClass):  # per request: connections stay open
+    def do_POST(self):
+        with slots:
+            super().do_POST()
 
-    class Bounded(fake.server.RequestHandlerClass):  # per request: connections stay open
-        def do_POST(self):
-            with slots:
-                super().do_POST()
+fake.server.RequestHandlerClass = Bounded
+fake.script.extend(("sleep", latency, ("ok", "an answer")) for _ in range(100_000))
+fake.thread.start()
+print(fake.base_url, flush=True)
+sys.stdin.read()  # until the bench closes it
+"""
 
-    fake.server.RequestHandlerClass = Bounded
-    fake.script.extend(("sleep", latency, ("ok", "an answer")) for _ in range(100_000))
-    fake.thread.start()
-    return fake
+
+class Server:
+    """A FakeVLLM in its own process (as a model server is: one in the bench's process
+    would take the GIL from the runner it serves) whose every reply takes ``latency`` and
+    that serves ``capacity`` requests at once (the rest wait, as on a full batch)."""
+
+    def __init__(self, latency: float, capacity: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(latency), str(capacity),
+                                      str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.base_url = self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def server(latency: float, capacity: int) -> Server:
+    return Server(latency, capacity)
 
 
 def items(n: int, tag: str) -> list[str]:
@@ -171,7 +193,7 @@ def main() -> None:
             r["lost"] == 0 and r["duplicated"] == 0 and r["failed"] == 0 for r in checked)
     finally:
         for fake in (a, b, slow_a, slow_b):
-            fake.server.shutdown()
+            fake.stop()
         pg.stop()
     path.write_text(json.dumps(results, indent=2) + "\n")
     log(json.dumps(results["goals"]))
