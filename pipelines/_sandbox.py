@@ -145,15 +145,8 @@ class _Reader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not self.poll.poll(max(1, math.ceil(remaining * 1000))):
-                continue
-            try:
-                chunk = os.read(self.fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                raise _Broken("eof")
-            self.buf += chunk
+            if self.poll.poll(max(1, math.ceil(remaining * 1000))):
+                self.fill()
 
     def take(self) -> dict | None:
         """The next whole frame in the buffer, if there is one (never reads)."""

@@ -91,22 +91,19 @@ _PG[_LOOKUP_RUN] = _LOOKUP_RUN.replace("?", "%s")
 
 def lookup_in_run(key: str, run_id: str, db_path: Path | str | None = None) -> Cached | None:
     """The newest successful call with this key made under ``run_id``, if any."""
-    engine = open_store(db_path)
-    conn = engine.raw_connection()
-    try:
-        row = conn.cursor().execute(_sql(engine, _LOOKUP_RUN), (key, run_id)).fetchone()
-        conn.rollback()
-    finally:
-        conn.close()
-    return Cached(*row) if row else None
+    return _cached(_LOOKUP_RUN, (key, run_id), db_path)
 
 
 def lookup(key: str, db_path: Path | str | None = None) -> Cached | None:
     """The newest successful call with this key, if any."""
+    return _cached(_LOOKUP, (key,), db_path)
+
+
+def _cached(statement: str, params: tuple, db_path: Path | str | None) -> Cached | None:
     engine = open_store(db_path)
     conn = engine.raw_connection()
     try:
-        row = conn.cursor().execute(_sql(engine, _LOOKUP), (key,)).fetchone()
+        row = conn.cursor().execute(_sql(engine, statement), params).fetchone()
         conn.rollback()  # end the read transaction
     finally:
         conn.close()  # back to the pool
