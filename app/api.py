@@ -19,7 +19,7 @@ from sqlalchemy.orm import defer
 from app import settings as _settings
 from app.errors import NotFound, TomesError
 from app.events import OnEvent, ignore
-from app.ingest.service import IngestReport, ingest, read_warnings
+from app.ingest.service import IngestReport, document_of, ingest, read_warnings
 from app.rows import CallInfo, DocumentDetail, DocumentInfo, RunDetail, RunInfo, RunStats  # noqa: F401 - part of the API
 from app.store import Call, Chunk, Corpus, Document, Run, session_scope
 from pipelines import STRATEGIES  # noqa: F401 - part of the API
@@ -609,12 +609,10 @@ class Tomes:
     def _ingest_one(self, path: Path, corpus: str) -> int:
         """A file's document id, ingesting it first if it is new. Not embedded here: a
         search embeds what it needs."""
-        report = self.ingest([path], corpus, embed=False)
-        outcome = report.outcomes[0]
-        if outcome.document_id is None:
-            raise TomesError(outcome.error or f"{path} could not be ingested",
-                             "fix the file, or name an ingested document instead")
-        return outcome.document_id
+        from serving.tokenizers import active_tokenizer
+
+        with _settings.override(**self._changes):
+            return document_of(path, corpus, active_tokenizer())
 
     def summarize_each(
         self, corpus: str, *, length: str = "medium", style: str | None = None,

@@ -158,16 +158,11 @@ _runners: dict[tuple[str, str, str], Any] = {}  # one per worker process and bat
 
 
 def _ingest_one(path: Path, corpus: str) -> int:
-    """A file the driver could not ingest (the API's ``_ingest_one``, which pipelines
-    may not import): the same error the local batch gives, or its document."""
-    from app.ingest.service import ingest as ingest_files
+    """A file the driver could not ingest: the local batch's ingest and error."""
+    from app.ingest.service import document_of
     from serving.tokenizers import active_tokenizer
 
-    outcome = ingest_files([path], corpus, tokenizer=active_tokenizer()).outcomes[0]
-    if outcome.document_id is None:
-        raise TomesError(outcome.error or f"{path} could not be ingested",
-                         "fix the file, or name an ingested document instead")
-    return outcome.document_id
+    return document_of(path, corpus, active_tokenizer())
 
 
 def _known_targets_class() -> type:

@@ -110,6 +110,19 @@ def test_a_file_target_is_ingested_once_and_a_rerun_skips_everything(tmp_path):
     assert _out(tmp_path / "out.jsonl") == out
 
 
+def test_a_file_target_that_cannot_be_read_fails_its_item_with_the_cause(tmp_path):
+    book = write_book(tmp_path)
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 64)  # binary, not text
+    source = _write(tmp_path / "in.jsonl", [
+        {"custom_id": "bad", "target": "blob.txt", "question": _question(0)},
+        {"custom_id": "good", "target": str(book), "question": _question(0)}])
+    report = Tomes().batch(source, tmp_path / "out.jsonl", lm=LM(ScriptedBackend(keeper_reply)))
+    assert (report.done, report.failed) == (1, 1)
+    bad = _out(tmp_path / "out.jsonl")["bad"]
+    assert bad["status"] == "failed" and "blob.txt" in bad["error"]["cause"]
+    assert bad["error"]["fix"]
+
+
 def test_retry_failed_runs_only_the_failed_items_again(tmp_path):
     doc = ingest_book(tmp_path)
     source = _write(tmp_path / "in.jsonl", [

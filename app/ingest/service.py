@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import IngestError
+from app.errors import IngestError, TomesError
 from app.events import Event, OnEvent, ignore
 from app.ingest.chunking import chunk_text
 from app.ingest.readers import SUPPORTED_SUFFIXES, check_size, read_file
@@ -252,3 +252,13 @@ def ingest(
             ))
     on_event(Event("read", len(files), len(files)))
     return report
+
+
+def document_of(path: Path, corpus: str, tokenizer: Tokenizer) -> int:
+    """The id of ``path``'s document in ``corpus``, ingesting the file first if it is new
+    (a batch item that names a file); a file that cannot be read is a TomesError."""
+    outcome = ingest([path], corpus, tokenizer=tokenizer).outcomes[0]
+    if outcome.document_id is None:
+        raise TomesError(outcome.error or f"{path} could not be ingested",
+                         "fix the file, or name an ingested document instead")
+    return outcome.document_id
