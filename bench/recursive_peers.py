@@ -9,7 +9,9 @@ reply, sleeps the same latency and admits as many calls at once (the capacity).
 
 Measured:
   - per-iteration overhead without model time: runs of 1 and 21 iterations with zero
-    latency, (T21 - T1) / 20, so start-up cancels out; in wall time and in CPU time
+    latency, (T21 - T1) / 20, so start-up cancels out, less the scripted model's own time
+    deciding each reply (it counts the prompt's tokens, and tomes' prompts are longer);
+    in wall time and in CPU time
     (this process and its waited-for children: tomes' sandbox, rlms' threads), the
     second being steadier on a shared machine;
   - sandbox start-up: tomes' ``Sandbox`` with the book as ``context`` until its first
@@ -72,6 +74,9 @@ class Script:
         self.gate = threading.BoundedSemaphore(capacity)
         self.capacity = capacity
         self.calls = self.prompt_tokens = self.completion_tokens = 0
+        # Time spent deciding replies (counting prompt tokens grows with the history):
+        # model time, taken out of both systems' overhead.
+        self.model_s = self.model_cpu_s = 0.0
         self.lock = threading.Lock()
         self._async_gates: dict[int, asyncio.Semaphore] = {}
 
@@ -81,6 +86,15 @@ class Script:
 
     def reply(self, prompt: Any) -> tuple[str, float, int]:
         """(reply, latency, prompt tokens): both systems' adapters count through here."""
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self._reply(prompt)
+        finally:
+            with self.lock:
+                self.model_s += time.perf_counter() - started
+                self.model_cpu_s += time.thread_time() - cpu
+
+    def _reply(self, prompt: Any) -> tuple[str, float, int]:
         if self.is_root(prompt):
             step = sum(1 for m in prompt if m.get("role") == "assistant")
             text, latency = self.root[min(step, len(self.root) - 1)], self.latency_root
@@ -235,7 +249,8 @@ def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) ->
                 used = _cpu()
                 seconds, result = (run_tomes(doc, script, n) if name == "tomes"
                                    else run_rlms(context, script, n))
-                used = _cpu() - used
+                used = _cpu() - used - script.model_cpu_s
+                seconds -= script.model_s
                 answer = result.answer if name == "tomes" else result.response
                 assert str(answer) == str(len(context)), (name, answer)
                 samples[name].setdefault(n, []).append(seconds)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import operator
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
@@ -35,10 +36,13 @@ from pipelines.result import Provenance, Result
 from serving.lm import LM, get_lm, replay_scope, run_scope, run_sync
 
 PIPELINE = "recursive"
-# "sync": an iteration's checkpoint is written before the next one asks the model, so a
-# kill at any point loses at most the iteration under way ("async" measured no faster:
-# bench/recursive_peers.py).
+# "sync": a node's checkpoint is written before the next node asks the model ("async"
+# measured no faster: bench/recursive_peers.py). A node runs one iteration, or several
+# that end within CHECKPOINT_EVERY_S of its start (a cached or very fast model: a graph
+# step and its checkpoint cost more than such an iteration, bench/recursive_peers.py);
+# a kill loses no model call either way, those of the node under way are in the call log.
 DURABILITY = "sync"
+CHECKPOINT_EVERY_S = 0.05
 OPTIONS = ("mode", "max_depth", "max_iterations", "budget_tokens", "max_seconds", "max_errors",
            "output_chars", "map_chunks")
 _MINIMA = {"max_depth": 0, "max_iterations": 1, "budget_tokens": 1, "max_seconds": 0.001,
@@ -120,6 +124,7 @@ class Recursive:
         self.run = RunContext(env, lm, mode=mode, limits=limits, on_event=on_event)
         self.root = new_controller(self.run, self.run.root_view, self.question, 0, None)
         self._opened = False
+        self._failed: Exception | None = None
 
     def prime(self, values: dict[str, Any]) -> None:
         """Carry a resumed run's spending (tokens, working time) into its limits."""
@@ -137,16 +142,35 @@ class Recursive:
     async def iterate(self, state: State) -> Any:
         from langgraph.types import Command
 
+        if self._failed is not None:  # the previous node's iterations are checkpointed now
+            failed, self._failed = self._failed, None
+            raise failed
         history = state.get("iterations", [])
         await self._open(history)
-        trace = Trace()
-        record = await self.root.step(history, trace)
-        record.update(trace.to_record())
+        records: list[dict[str, Any]] = []
+        usage: dict[str, int] = {}
+        started = time.monotonic()
+        while True:  # see CHECKPOINT_EVERY_S
+            trace = Trace()
+            try:
+                record = await self.root.step([*history, *records], trace)
+            except Exception as exc:
+                if not records:
+                    raise
+                # The iterations that finished before it are kept (and their spending
+                # counted): checkpointed by this node's end, the error raised by the next.
+                self._failed = exc
+                return Command(update={"iterations": records, "usage": usage}, goto="iterate")
+            record.update(trace.to_record())
+            records.append(record)
+            usage = add_usage(usage, trace.usage)
+            goto = self.route([*history, *records])
+            if goto != "iterate" or time.monotonic() - started >= CHECKPOINT_EVERY_S:
+                break
         # The node names the next one itself: a conditional edge is one more runnable (and
         # a worker thread, for a plain function) an iteration. Same channels either way, so
         # checkpoints of either graph resume with the other.
-        return Command(update={"iterations": [record], "usage": trace.usage},
-                       goto=self.route([*history, record]))
+        return Command(update={"iterations": records, "usage": usage}, goto=goto)
 
     def route(self, history: list[dict[str, Any]]) -> str:
         """Where a run goes after these iterations: on, or to its answer."""

@@ -78,6 +78,12 @@ async def _waiting(coro: Any, what: str, every: float) -> Any:
             task.cancel()
 
 
+# Called when a task's model call queues for a slot (for every call: it must be
+# idempotent). The batch runner starts the next item's set-up then: set-ups taken in turn
+# start the first calls sooner than all at once, which share the cores and end together.
+current_queued: contextvars.ContextVar[Any] = contextvars.ContextVar("tomes_queued", default=None)
+
+
 # The run being resumed: its finished calls are replayed from the call log by request
 # key even with the cache off (see replay_scope).
 current_replay: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -302,6 +308,9 @@ class LM:
             self._record(messages=short, response=None, error=f"ContextOverflowError: {exc}", **entry)
             raise
 
+        queued = current_queued.get()
+        if queued is not None:
+            queued()
         for attempt in range(1 + EMPTY_REPLY_RETRIES):
             async with self._limit():
                 started = time.perf_counter()

@@ -39,6 +39,9 @@ class FakeVLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without TCP_NODELAY (which real
+            # servers set: uvicorn, vLLM) the body waits ~40 ms on the client's delayed ACK.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass
