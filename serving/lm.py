@@ -64,18 +64,23 @@ async def _waiting(coro: Any, what: str, every: float) -> Any:
     on_event = current_events.get()
     if on_event is None:
         return await coro
-    task = asyncio.ensure_future(coro)
+    # A timer, not a task around ``coro``: the call starts at once, not after whatever
+    # else the loop has ready (a wave's replies being handled).
+    loop = asyncio.get_running_loop()
     started = time.perf_counter()
+    timer: asyncio.TimerHandle | None = None
+
+    def tell() -> None:
+        nonlocal timer
+        waited = time.perf_counter() - started
+        on_event(Event("wait", message=f"{what}: {waited:.0f} s", data={"seconds": waited}))
+        timer = loop.call_later(every, tell)
+
+    timer = loop.call_later(every, tell)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=every)
-            if done:
-                return task.result()
-            waited = time.perf_counter() - started
-            on_event(Event("wait", message=f"{what}: {waited:.0f} s", data={"seconds": waited}))
+        return await coro
     finally:
-        if not task.done():
-            task.cancel()
+        timer.cancel()
 
 
 # Called when a task's model call queues for a slot (for every call: it must be

@@ -243,3 +243,20 @@ def test_the_cli_flags_unsupported_sentences_and_strict_drops_them(tmp_path: Pat
     assert strict.exit_code == 0 and "dropped: He was born in Dunmore" in out
     answer = strict.stdout.split("\n\nrests on")[0] if strict.stdout else out
     assert "His rye loaf is famous." in answer and "1820" not in answer.split("dropped:")[0]
+
+
+def test_the_fast_folding_finds_the_same_text_and_offsets_as_the_char_by_char_one():
+    import random
+
+    from pipelines import _grounding as G
+
+    rng = random.Random(5)
+    texts = ["  Two\n\n lines “quoted”\tend ", "\u3000a\u2003 b\xa0c", "İstanbul  is BIG", ""]
+    texts += ["".join(rng.choice("ab C\n\t“’ —\xa0\u2003İ") for _ in range(rng.randint(0, 60)))
+              for _ in range(2000)]
+    for text in texts:
+        slow, where = G._normalized(text)
+        fast = G._Folded(text)
+        assert fast.text == slow, text
+        assert [fast.offset(i) for i in range(len(where))] == where, text
+        assert G.straighten(text) == text.translate(G._QUOTES)
