@@ -38,11 +38,12 @@ from serving.lm import LM, get_lm, replay_scope, run_scope, run_sync
 PIPELINE = "recursive"
 # "sync": a node's checkpoint is written before the next node asks the model ("async"
 # measured no faster: bench/recursive_peers.py). A node runs one iteration, or several
-# that end within CHECKPOINT_EVERY_S of its start (a cached or very fast model: a graph
-# step and its checkpoint cost more than such an iteration, bench/recursive_peers.py);
-# a kill loses no model call either way, those of the node under way are in the call log.
+# that end within CHECKPOINT_EVERY_S of its start (a cached or fast model: the graph step
+# and its checkpoint are most of the controller's own time per iteration,
+# bench/recursive_peers.py). A kill loses no model call either way: those of the node
+# under way are in the call log, which a resume replays while it re-runs their code.
 DURABILITY = "sync"
-CHECKPOINT_EVERY_S = 0.05
+CHECKPOINT_EVERY_S = 1.0
 OPTIONS = ("mode", "max_depth", "max_iterations", "budget_tokens", "max_seconds", "max_errors",
            "output_chars", "map_chunks")
 _MINIMA = {"max_depth": 0, "max_iterations": 1, "budget_tokens": 1, "max_seconds": 0.001,

@@ -179,3 +179,35 @@ def test_failed_actions_run_resumes_from_its_last_finished_iteration(tmp_path: P
     assert result.provenance and "brass key" in result.provenance[0].quote
     # The calls made before the failure count towards the run's totals.
     assert result.calls == len(first.requests) - 1 + len(second.requests)
+
+
+def test_quick_iterations_share_a_checkpoint_and_slow_ones_each_get_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint (a graph step) per iteration is most of the controller's own time
+    when the model answers at once; iterations within CHECKPOINT_EVERY_S share one."""
+    import sqlite3
+
+    from app.settings import get_settings
+
+    doc = _book(tmp_path)
+
+    def reply(req: ChatRequest) -> str:
+        step = len(re.findall(r"^\d+\. ", req.messages[1]["content"], re.M)) + 1
+        return _act("answer", "Under the blue stone.") if step == 6 else _act("grep", f"key {step}")
+
+    def checkpoints(run_id: str) -> int:
+        with sqlite3.connect(get_settings().checkpoint_path) as conn:
+            return conn.execute("select count(*) from checkpoints where thread_id = ?",
+                                (run_id,)).fetchone()[0]
+
+    quick = recursive.ask(doc, "Where is the key?", lm=LM(ScriptedBackend(reply), cache=False),
+                          mode="actions", run_id="r-quick")
+    monkeypatch.setattr(recursive, "CHECKPOINT_EVERY_S", 0.0)  # as if each took longer
+    slow = recursive.ask(doc, "Where is the key?", lm=LM(ScriptedBackend(reply), cache=False),
+                         mode="actions", run_id="r-slow")
+    assert quick.answer == slow.answer == "Under the blue stone."
+    assert quick.details["iterations"] == slow.details["iterations"] == 6
+    assert quick.calls == slow.calls == 6
+    # input, the iterations' step(s), the answer
+    assert checkpoints("r-slow") >= 6 + 2
+    assert checkpoints("r-quick") <= 4
