@@ -60,20 +60,22 @@ class Tomes:
         ray_cpus: int | None = None,
     ) -> IngestReport:
         """Read files into a corpus, then embed and index what was stored (``embed``;
-        default: ``settings.embed_on_ingest``). ``ray`` reads the files as Ray tasks (True:
-        a local Ray of ``ray_cpus`` CPUs, or a cluster's address); embedding stays here."""
+        default: ``settings.embed_on_ingest``). ``ray`` reads the files as Ray tasks and
+        embeds the chunks with Ray Data ``map_batches`` (True: a local Ray of ``ray_cpus``
+        CPUs, or a cluster's address); the index is written here either way."""
         from serving.tokenizers import active_tokenizer
 
+        embed = embed if embed is not None else _settings.get_settings().embed_on_ingest
         if ray:
             from pipelines import _batch_ray
 
-            report = _batch_ray.ingest([Path(p) for p in paths], corpus,
-                                       address=None if ray is True else ray,
-                                       num_cpus=ray_cpus, on_event=on_event)
-        else:
-            report = ingest([Path(p) for p in paths], corpus, tokenizer=active_tokenizer(),
-                            on_event=on_event)
-        if embed if embed is not None else _settings.get_settings().embed_on_ingest:
+            # One Ray for both: reading, then embedding on the same workers.
+            return _batch_ray.ingest([Path(p) for p in paths], corpus,
+                                     address=None if ray is True else ray,
+                                     num_cpus=ray_cpus, on_event=on_event, embed=embed)
+        report = ingest([Path(p) for p in paths], corpus, tokenizer=active_tokenizer(),
+                        on_event=on_event)
+        if embed:
             from retrieval import sync_corpus
 
             report.embedded = sync_corpus(corpus, on_event=on_event)

@@ -1,5 +1,5 @@
 """Batches and ingestion on Ray: the same work as pipelines/batch.py and app/ingest, with
-the items (or files) run as Ray tasks.
+the items (or files) run as Ray tasks, and ingest's embedding as Ray Data ``map_batches``.
 
 The driver reads the input, skips what the output already holds and alone writes the
 output, exactly as the local batch does (``batch.arun`` with ``run_items``): only how
@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -293,9 +294,10 @@ def _ingest_task(path: str, corpus: str) -> dict[str, Any]:
 
 
 def ingest(paths: list[Path], corpus: str, *, address: str | None = None,
-           num_cpus: int | None = None, on_event: Any = None) -> Any:
-    """Files read, chunked and stored as Ray tasks (one per file). Embedding is left to
-    the caller, on the driver."""
+           num_cpus: int | None = None, on_event: Any = None, embed: bool = False) -> Any:
+    """Files read, chunked and stored as Ray tasks (one per file), then (``embed``) the
+    chunks without vectors encoded on the same Ray by ``encoder``; the driver writes the
+    index (``retrieval.sync.sync_corpus``)."""
     from app.events import Event
     from app.ingest.service import IngestReport, Outcome, corpus_id, expand
     from app.store import session_scope
@@ -324,6 +326,128 @@ def ingest(paths: list[Path], corpus: str, *, address: str | None = None,
         from serving.lm import run_sync
 
         done = run_sync(gather())
-    order = {str(f): i for i, f in enumerate(files)}
-    report.outcomes.extend(sorted(done, key=lambda o: order.get(o.path, len(order))))
+        order = {str(f): i for i, f in enumerate(files)}
+        report.outcomes.extend(sorted(done, key=lambda o: order.get(o.path, len(order))))
+        if embed:
+            from app.events import ignore
+            from retrieval.sync import sync_corpus
+
+            report.embedded = sync_corpus(corpus, on_event=on_event or ignore,
+                                          encoder=encoder(cluster))
     return report
+
+
+# --- embedding -------------------------------------------------------------------------
+
+
+class _Encode:
+    """``map_batches``'s callable: one per actor, which loads the configured embedder
+    once (the driver's settings, from ``worker_env``) and, per batch of chunk ids, reads
+    their texts from the shared store, cuts them into windows and encodes them."""
+
+    def __init__(self, model: str, dim: int, batch: int) -> None:
+        from retrieval.embedders import get_embedder
+
+        self.embedder = get_embedder()
+        self.batch = batch
+        if (self.embedder.model_id, self.embedder.dim) != (model, dim):
+            # Vectors of two models in one index would rank nonsense, silently.
+            raise TomesError(
+                f"a Ray worker's embedder is {self.embedder.model_id} ({self.embedder.dim} "
+                f"dims) but the driver's is {model} ({dim} dims)",
+                "give every machine of the cluster the same embedding model (TOMES_EMBEDDER "
+                "naming a model each can load), or ingest without --ray")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from retrieval import store_state
+        from retrieval.sync import encode_rows
+
+        ids = batch["data"]
+        part = encode_rows(self.embedder, store_state.chunk_texts(ids), len(ids),
+                           batch=self.batch)
+        rows = len(part.owners)
+        if rows == 0:
+            # One placeholder row (owner -1) still tells the driver these ids were read.
+            return {"owner": np.array([-1], np.int64), "fingerprint": np.zeros(1, np.int64),
+                    "vector": np.zeros((1, self.embedder.dim), np.float32),
+                    "read": np.array([len(ids)], np.int64), "first": np.zeros(1, np.int8)}
+        read = np.zeros(rows, np.int64)
+        read[0] = len(ids)
+        first = np.ones(rows, np.int8)  # a chunk's first window counts the chunk
+        first[1:] = part.owners[1:] != part.owners[:-1]
+        return {"owner": part.owners, "fingerprint": part.fingerprints, "vector": part.vectors,
+                "read": read, "first": first}
+
+
+def _worker_error(exc: BaseException) -> TomesError:
+    """A failed embedding worker as cause and fix: Ray wraps the worker's exception (a
+    TomesError included) in its own, whose message ends with the original's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return TomesError(
+        f"embedding on Ray failed: {last}",
+        "what was embedded before is kept; fix the cause and run the ingest again (the "
+        "worker's traceback is in the Ray session's logs)")
+
+
+@contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[None]:
+    """Library code never prints: no Ray Data progress or run logs on the terminal while
+    the block runs (its log files keep them), the caller's settings back after."""
+    import logging
+
+    context = ray.data.DataContext.get_current()
+    quiet = {"enable_progress_bars": False, "print_on_execution_start": False,
+             "enable_auto_log_stats": False}
+    saved = {k: getattr(context, k) for k in quiet}
+    consoles = [h for h in logging.getLogger("ray.data").handlers
+                if not isinstance(h, logging.FileHandler) and "File" not in type(h).__name__]
+    levels = [h.level for h in consoles]
+    try:
+        for k, v in quiet.items():
+            setattr(context, k, v)
+        for h in consoles:
+            h.setLevel(logging.ERROR)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(context, k, v)
+        for h, level in zip(consoles, levels):
+            h.setLevel(level)
+
+
+def encoder(cluster: Cluster) -> Any:
+    """A ``retrieval.sync`` encoder on ``cluster``: the missing ids as a Ray dataset, one
+    block per batch (the unit an actor takes, so the batches spread over the actors),
+    ``map_batches`` over an actor per CPU, the vectors streamed back as they come."""
+
+    def encode(missing: Any, embedder: Any, batch: int) -> Any:
+        import numpy as np
+
+        from retrieval.sync import Encoded
+
+        ray = cluster.ray
+        blocks = [missing[i : i + batch] for i in range(0, len(missing), batch)]
+        with _quiet_ray_data(ray):  # a dataset keeps the context it was made under
+            # Column "data", as from_numpy names it: no renaming step, which would be a
+            # Ray task needing a CPU the actors already hold (it deadlocks a small Ray).
+            vectors = ray.data.from_numpy(blocks).map_batches(
+                _Encode, fn_constructor_kwargs={"model": embedder.model_id,
+                                                "dim": embedder.dim, "batch": batch},
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(cluster.cpus, len(blocks)))),
+                batch_size=batch, num_cpus=1, batch_format="numpy",
+                runtime_env={"env_vars": worker_env()})
+            try:
+                for out in vectors.iter_batches(batch_size=None, batch_format="numpy"):
+                    keep = out["owner"] >= 0
+                    yield Encoded(read=int(out["read"].sum()),
+                                  chunks=int(out["first"][keep].sum()),
+                                  vectors=np.asarray(out["vector"][keep], np.float32),
+                                  owners=out["owner"][keep],
+                                  fingerprints=out["fingerprint"][keep])
+            except ray.exceptions.RayError as exc:
+                raise _worker_error(exc) from exc
+
+    return encode

@@ -20,6 +20,8 @@ import contextvars
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +95,61 @@ def require_corpus(corpus: str) -> int:
     return cid
 
 
-def sync_corpus(corpus: str, *, embed_missing: bool = True, on_event: OnEvent = ignore) -> int:
+@dataclass
+class Encoded:
+    """Vectors of some of the missing chunks: ``read`` ids of them done (for progress),
+    of which the store still had ``chunks``; one row per window in the other fields."""
+
+    read: int
+    chunks: int
+    vectors: np.ndarray
+    owners: np.ndarray
+    fingerprints: np.ndarray
+
+
+# (missing chunk ids, the driver's embedder, chunks per batch) -> their vectors, batch by
+# batch. The embedder names the vector space: an encoder that runs another copy of it
+# must check that copy is the same model (``Embedder.model_id`` and ``dim``).
+Encoder = Callable[[np.ndarray, Any, int], Iterable[Encoded]]
+
+
+def encode_rows(embedder, rows: list[tuple[int, str, int]], read: int, *, batch: int) -> Encoded:
+    """``store_state.chunk_texts`` rows cut into the embedder's windows and encoded."""
+    windows: list[str] = []
+    owners: list[int] = []
+    fingerprints: list[int] = []
+    for cid, text, fp in rows:
+        pieces = embedder.windows(text) or [text]
+        windows.extend(pieces)
+        owners.extend([cid] * len(pieces))
+        fingerprints.extend([fp] * len(pieces))
+    vectors = (embedder.encode(windows, batch_size=batch) if windows
+               else np.zeros((0, embedder.dim), np.float32))
+    return Encoded(read, len(rows), vectors, np.array(owners, np.int64),
+                   np.array(fingerprints, np.int64))
+
+
+def encode_here(missing: np.ndarray, embedder, batch: int) -> Iterator[Encoded]:
+    """The default encoder: texts read from the store and encoded in this process."""
+    for start in range(0, len(missing), batch):
+        ids = missing[start : start + batch]
+        yield encode_rows(embedder, store_state.chunk_texts(ids), len(ids), batch=batch)
+
+
+def sync_corpus(corpus: str, *, embed_missing: bool = True, on_event: OnEvent = ignore,
+                encoder: Encoder | None = None) -> int:
     """Bring the corpus's dense and keyword indexes in step with the store: remove vectors
     of chunks that are gone (or whose id now holds other text), embed chunks that have
-    no vectors (unless ``embed_missing`` is False), rebuild the keyword index if the
-    chunk set changed. Returns the number of chunks embedded."""
+    no vectors (unless ``embed_missing`` is False) with ``encoder`` (default: here),
+    rebuild the keyword index if the chunk set changed. Returns the number of chunks
+    embedded."""
     cid = store_state.corpus_id(corpus)
     if cid is None:
         return 0
     directory = corpus_dir(cid, corpus)
     with write_lock(directory):
-        return sync_locked(cid, corpus, directory, embed_missing=embed_missing, on_event=on_event)
+        return sync_locked(cid, corpus, directory, embed_missing=embed_missing, on_event=on_event,
+                           encoder=encoder)
 
 
 def reembed(corpus: str, *, on_event: OnEvent = ignore) -> int:
@@ -130,14 +176,15 @@ def sync_in_background(corpus: str, *, on_event: OnEvent = ignore) -> Future[int
 
 
 def sync_locked(cid: int, corpus: str, directory: Path, *, embed_missing: bool,
-                on_event: OnEvent, rebuild: bool = False) -> int:
+                on_event: OnEvent, rebuild: bool = False, encoder: Encoder | None = None) -> int:
     """sync_corpus's work; the caller holds the corpus's write lock."""
     ids, hashes = store_state.chunk_state(cid)
     # Keyword first: it takes seconds, so new chunks are searchable by keyword while
     # the (much longer) embedding runs.
     _sync_keyword(cid, directory / KEYWORD_FILE, ids, hashes, on_event)
     return _sync_dense(corpus, directory / DENSE_FILE, ids, hashes,
-                       embed_missing=embed_missing, on_event=on_event, rebuild=rebuild)
+                       embed_missing=embed_missing, on_event=on_event, rebuild=rebuild,
+                       encoder=encoder or encode_here)
 
 
 def stale_ids(index_ids: np.ndarray, index_hashes: np.ndarray,
@@ -157,7 +204,7 @@ def in_step(index_ids: np.ndarray, index_hashes: np.ndarray,
 
 
 def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
-                embed_missing: bool, on_event: OnEvent, rebuild: bool) -> int:
+                embed_missing: bool, on_event: OnEvent, rebuild: bool, encoder: Encoder) -> int:
     settings = get_settings()
     journal = Journal(path)
     if rebuild:
@@ -194,8 +241,8 @@ def _sync_dense(corpus: str, path: Path, ids: np.ndarray, hashes: np.ndarray, *,
             missing = ids[~np.isin(ids, dense.chunk_ids())]
             if len(missing):
                 changed = folded = True  # what it journals is in ``dense`` too
-                embedded = _embed(dense, embedder, missing, path, corpus, on_event, journal,
-                                  batch=max(1, settings.embed_batch_size))
+                encoded = encoder(missing, embedder, max(1, settings.embed_batch_size))
+                embedded = _embed(dense, encoded, len(missing), path, corpus, on_event, journal)
         completed = True
     finally:
         # Whatever was removed or embedded is kept, even if the run was stopped.
@@ -222,49 +269,45 @@ def _fold(dense: DenseIndex, journal: Journal) -> bool:
     return added
 
 
-def _embed(dense: DenseIndex, embedder, missing: np.ndarray, path: Path, corpus: str,
-           on_event: OnEvent, journal: Journal, *, batch: int) -> int:
-    total = len(missing)
-    done = 0
+def _embed(dense: DenseIndex, encoded: Iterable[Encoded], total: int, path: Path, corpus: str,
+           on_event: OnEvent, journal: Journal) -> int:
+    done = read = 0
     # Said before the wait, with the count: a search may have to embed first.
     what = f"{total:,} chunks without vectors"
     on_event(Event("embed", 0, total, message=what, data={"missing": total, "corpus": corpus}))
     last_save = last_append = time.monotonic()
     save_cost = 0.0
     unsaved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # not in the journal yet
-    for start in range(0, total, batch):
-        rows = store_state.chunk_texts(missing[start : start + batch])
-        windows: list[str] = []
-        owners: list[int] = []
-        fingerprints: list[int] = []
-        for cid, text, fp in rows:
-            pieces = embedder.windows(text) or [text]
-            windows.extend(pieces)
-            owners.extend([cid] * len(pieces))
-            fingerprints.extend([fp] * len(pieces))
-        if windows:
-            vectors = embedder.encode(windows, batch_size=batch)
-            owner_ids, prints = np.array(owners, np.int64), np.array(fingerprints, np.int64)
-            dense.add(vectors, owner_ids, prints)
-            unsaved.append((vectors, owner_ids, prints))
-        done += len(rows)
-        on_event(Event("embed", min(start + batch, total), total, message=what,
-                       data={"vectors": len(windows), "corpus": corpus}))
-        now = time.monotonic()
-        if now - last_save > max(CHECKPOINT_SECONDS, REWRITE_RATIO * save_cost):
-            dense.save(path)
-            _remember(path, dense)
-            journal.discard()  # the file holds it all now
-            unsaved.clear()
-            last_save = last_append = time.monotonic()
-            save_cost = last_save - now
-        elif unsaved and now - last_append >= JOURNAL_RATIO * journal.last_cost:
-            journal.append(np.concatenate([u[0] for u in unsaved]),
-                           np.concatenate([u[1] for u in unsaved]),
-                           np.concatenate([u[2] for u in unsaved]),
-                           model=dense.model, dim=dense.dim)
-            unsaved.clear()
-            last_append = time.monotonic()
+    batches = iter(encoded)
+    try:
+        for part in batches:
+            if len(part.owners):
+                dense.add(part.vectors, part.owners, part.fingerprints)
+                unsaved.append((part.vectors, part.owners, part.fingerprints))
+            done += part.chunks
+            read += part.read
+            on_event(Event("embed", min(read, total), total, message=what,
+                           data={"vectors": len(part.owners), "corpus": corpus}))
+            now = time.monotonic()
+            if now - last_save > max(CHECKPOINT_SECONDS, REWRITE_RATIO * save_cost):
+                dense.save(path)
+                _remember(path, dense)
+                journal.discard()  # the file holds it all now
+                unsaved.clear()
+                last_save = last_append = time.monotonic()
+                save_cost = last_save - now
+            elif unsaved and now - last_append >= JOURNAL_RATIO * journal.last_cost:
+                journal.append(np.concatenate([u[0] for u in unsaved]),
+                               np.concatenate([u[1] for u in unsaved]),
+                               np.concatenate([u[2] for u in unsaved]),
+                               model=dense.model, dim=dense.dim)
+                unsaved.clear()
+                last_append = time.monotonic()
+    finally:
+        # A stopped sync stops the encoder too (a Ray pipeline's workers), not at exit.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     return done
 
 

@@ -130,23 +130,71 @@ def test_bad_lines_are_reported_exactly_like_the_local_batch(cluster, model, pos
     assert remote.done == local.done == 2
 
 
-def test_ingest_on_ray_stores_every_file_and_embeds_on_the_driver(cluster, postgres_store, tmp_path):
+def _dense(corpus: str):
+    from retrieval import store_state
+    from retrieval.dense import DenseIndex
+    from retrieval.files import corpus_dir
+    from retrieval.sync import DENSE_FILE
+
+    return DenseIndex.load(corpus_dir(store_state.corpus_id(corpus), corpus) / DENSE_FILE, corpus)
+
+
+def _index_rows(corpus: str) -> list[tuple[int, bytes]]:
+    """(content fingerprint, vector) of every vector in a corpus's dense index, sorted: a
+    chunk's vectors as a local embedding would make them, whatever its id."""
+    import faiss
+
+    dense = _dense(corpus)
+    flat = faiss.downcast_index(dense.index.index)  # exact index: vectors in add order
+    vectors = flat.reconstruct_n(0, flat.ntotal)
+    return sorted(zip(dense.hashes.tolist(), (v.tobytes() for v in vectors)))
+
+
+def test_ingest_on_ray_embeds_in_ray_workers_as_a_local_ingest_would(
+        cluster, postgres_store, tmp_path, monkeypatch):
+    from retrieval.embedders import get_embedder
+
     folder = tmp_path / "books"
     folder.mkdir()
     for i in range(4):
-        (folder / f"b{i}.txt").write_text(f"Book {i} tells of the harbour town number {i}. " * 30)
+        # Long chunks: several of the hash embedder's windows each, so the multi-vector
+        # path runs in the workers too.
+        text = f"Book {i} tells of the harbour town number {i} and its boats. " * 300
+        if i == 2:
+            text += "Marmalade Quince guards lighthouse keys. " + text
+        (folder / f"b{i}.txt").write_text(text)
     (folder / "empty.txt").write_text("")
-    local_home = Tomes()
-    report = local_home.ingest([folder], "books", ray=True)
+
+    def not_here(*_a, **_k):
+        raise AssertionError("encoded on the driver")
+
+    tomes = Tomes()
+    events = []
+    with monkeypatch.context() as m:
+        m.setattr(get_embedder(), "encode", not_here)  # the driver's embedder
+        report = tomes.ingest([folder], "books", ray=True, on_event=events.append)
     assert sorted(Path(o.path).name for o in report.added) == [f"b{i}.txt" for i in range(4)]
     assert [Path(o.path).name for o in report.failed] == ["empty.txt"]
-    assert report.embedded > 0
     with session_scope() as s:
-        assert s.scalar(select(func.count(Chunk.id))) == report.embedded
-    hits = local_home.search("books", "harbour town number 2", k=3)
-    assert hits
-    again = local_home.ingest([folder], "books", ray=True)  # same content: a no-op
-    assert len(again.skipped) == 4 and not again.added
+        chunks = s.scalar(select(func.count(Chunk.id)))
+    assert chunks > 4 and report.embedded == chunks
+    embeds = [e for e in events if e.stage == "embed"]
+    assert embeds[0].done == 0 and embeds[-1].done == embeds[-1].total == chunks
+    dense = _dense("books")
+    with session_scope() as s:
+        assert dense.chunk_ids().tolist() == sorted(s.scalars(select(Chunk.id)))
+    assert dense.ntotal > chunks  # one vector per window, more windows than chunks
+
+    local = tomes.ingest([folder], "local")  # the same files, embedded here
+    assert local.embedded == chunks
+    assert _index_rows("books") == _index_rows("local")
+
+    hits = tomes.search("books", "Marmalade Quince lighthouse keys", k=3, mode="dense")
+    assert hits and "Marmalade Quince" in hits[0].text
+    with monkeypatch.context() as m:
+        m.setattr(get_embedder(), "encode", not_here)
+        again = tomes.ingest([folder], "books", ray=True)  # same content: a no-op
+    assert len(again.skipped) == 4 and not again.added and again.embedded == 0
 
 
 def test_ray_without_ray_installed_says_how_to_install_it(monkeypatch, tmp_path):
@@ -168,3 +216,20 @@ def test_the_scripted_fake_is_refused_on_ray_with_the_fix(cluster, tmp_path):
     with pytest.raises(TomesError) as info:
         Tomes(backend="scripted").batch(source, tmp_path / "o.jsonl", ray=True)
     assert "Ray workers cannot call it" in str(info.value) and "TOMES_BASE_URL" in str(info.value)
+
+
+def test_workers_with_another_embedder_than_the_driver_are_refused(
+        cluster, postgres_store, tmp_path, monkeypatch):
+    import retrieval
+    from retrieval import embedders
+
+    book = _book(tmp_path)
+    # The driver's "hash" makes 128 dims; the workers, set up from the settings alone,
+    # load the stock 256: two vector spaces, which must not meet in one index.
+    monkeypatch.setitem(embedders._EMBEDDERS, "hash", lambda: embedders.HashEmbedder(dim=128))
+    monkeypatch.delitem(embedders._loaded, "hash", raising=False)
+    with pytest.raises(TomesError) as info:
+        Tomes().ingest([book], "mixed", ray=True)
+    assert "hash-256" in info.value.cause and "hash-128" in info.value.cause
+    assert "same embedding model" in info.value.cause  # the worker's fix, passed on
+    assert retrieval.status("mixed")["vectors"] == 0  # nothing of the other space kept

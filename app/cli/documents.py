@@ -26,7 +26,7 @@ def ingest_cmd(
     ray_cpus: int = RayCpusOpt,
 ) -> None:
     """Read files into a corpus: text, chunks, embeddings. Same content twice is a no-op.
-    With --ray the files are read and chunked as Ray tasks; embedding runs here."""
+    With --ray the files are read and chunked as Ray tasks and embedded with Ray Data."""
     with progress(not as_json) as on_event:
         report = Tomes().ingest(paths, corpus, embed=embed, on_event=on_event,
                                 ray=ray_target(ray, ray_address), ray_cpus=ray_cpus)
