@@ -233,3 +233,15 @@ def test_workers_with_another_embedder_than_the_driver_are_refused(
     assert "hash-256" in info.value.cause and "hash-128" in info.value.cause
     assert "same embedding model" in info.value.cause  # the worker's fix, passed on
     assert retrieval.status("mixed")["vectors"] == 0  # nothing of the other space kept
+
+
+def test_ray_followed_by_an_address_is_that_cluster_and_otherwise_a_local_ray():
+    from app.cli.batch import spell_ray_address
+
+    argv = ["batch", "in.jsonl", "--out", "out.jsonl", "--ray", "10.0.0.5:6379"]
+    assert spell_ray_address(argv)[-2:] == ["--ray-address", "10.0.0.5:6379"]
+    assert spell_ray_address(["batch", "in.jsonl", "--ray", "ray://head:10001"])[-2] == "--ray-address"
+    assert spell_ray_address(["ingest", "--ray=auto", "books"]) == ["ingest", "--ray-address=auto", "books"]
+    for local in (["ingest", "--ray", "books/"], ["ingest", "books", "--ray"],
+                  ["batch", "in.jsonl", "--ray", "--out", "o.jsonl"]):
+        assert spell_ray_address(local) == local  # a local Ray; the next word is not an address

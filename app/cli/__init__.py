@@ -34,6 +34,9 @@ def main() -> None:
     atexit.register(gc.freeze)
     # SIGTERM stops as cleanly as Ctrl-C: runs are marked interrupted, finished work kept.
     signal.signal(signal.SIGTERM, _terminate)
+    from app.cli.batch import spell_ray_address
+
+    sys.argv[1:] = spell_ray_address(sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:  # click turns most into SystemExit(130) first

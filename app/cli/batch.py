@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,15 +22,32 @@ from app.events import Event, OnEvent
 
 # Exit status when the batch ran but some items failed (their errors are in the output).
 SOME_FAILED = 2
-# Typer has no option with an optional value, so the address is an option of its own.
+# Typer has no option with an optional value, so the address is an option of its own;
+# ``main`` reads `--ray ADDRESS` as `--ray-address ADDRESS` (spell_ray_address).
 RayOpt = typer.Option(False, "--ray", help="Run on Ray: a local Ray started for the run, or "
-                      "the cluster at --ray-address.")
+                      "the cluster at --ray ADDRESS (or --ray-address ADDRESS).")
 RayAddressOpt = typer.Option(
     None, "--ray-address", metavar="ADDRESS",
     help="A running Ray cluster (host:6379, ray://host:10001, auto); implies --ray. Its "
          "machines share the store only through TOMES_DATABASE_URL (PostgreSQL).")
 RayCpusOpt = typer.Option(None, "--ray-cpus", min=1,
                           help="CPUs (workers) of the local Ray started by --ray (default: all).")
+
+
+# What `--ray` may be followed by as the address of a running cluster (what is not is
+# the command's next argument: `tomes ingest --ray books/`).
+_RAY_ADDRESS = re.compile(r"^(?:auto|ray://\S+|[\w.-]+:\d+)$")
+
+
+def spell_ray_address(argv: list[str]) -> list[str]:
+    """``--ray ADDRESS`` and ``--ray=ADDRESS`` as ``--ray-address ADDRESS``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--ray=") and arg != "--ray=":
+            out[i] = "--ray-address=" + arg[len("--ray="):]
+        elif arg == "--ray" and i + 1 < len(out) and _RAY_ADDRESS.match(out[i + 1]):
+            out[i] = "--ray-address"
+    return out
 
 
 def ray_target(ray: bool, address: str | None) -> str | bool | None:

@@ -35,18 +35,26 @@ if submitted and files:
         )
         bar.empty()
         stored = [o for o in outcomes if o["status"] in ("added", "updated")]
+        # Kept for the reruns that follow (the one when indexing ends redraws the whole
+        # page): what happened to the upload stays on screen until the next one.
+        notes: list[tuple[str, str]] = []
         if stored:
-            st.success("Added: " + ", ".join(f"{plain(o['name'])} ({o['chunks']} chunks)" for o in stored)
-                       + f" to corpus {plain(corpus.strip())}; indexing for search in the background.")
+            notes.append(("success", "Added: " + ", ".join(
+                f"{plain(o['name'])} ({o['chunks']} chunks)" for o in stored)
+                + f" to corpus {plain(corpus.strip())}; indexing for search in the background."))
         for o in outcomes:
             if o["status"] == "skipped":
-                st.info(f"{plain(o['name'])}: already in corpus {plain(corpus.strip())}, unchanged.")
+                notes.append(("info", f"{plain(o['name'])}: already in corpus "
+                                      f"{plain(corpus.strip())}, unchanged."))
             elif o["status"] == "failed":
-                st.error(f"**{plain(o['name'])}** was not added: {plain(o['error'])}")
+                notes.append(("error", f"**{plain(o['name'])}** was not added: {plain(o['error'])}"))
+        st.session_state.library_notes = notes
         if stored:
             index_in_background(corpus.strip())
 elif submitted:
-    st.warning("Choose one or more files first.")
+    st.session_state.library_notes = [("warning", "Choose one or more files first.")]
+for kind, note in st.session_state.get("library_notes", []):
+    getattr(st, kind)(note)
 
 docs = tomes().documents()
 if not docs:
