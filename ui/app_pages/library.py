@@ -40,7 +40,8 @@ if submitted and files:
         notes: list[tuple[str, str]] = []
         if stored:
             notes.append(("success", "Added: " + ", ".join(
-                f"{plain(o['name'])} ({o['chunks']} chunks)" for o in stored)
+                f"{plain(o['name'])} ({o['chunks']} chunk{'' if o['chunks'] == 1 else 's'})"
+                for o in stored)
                 + f" to corpus {plain(corpus.strip())}; indexing for search in the background."))
         for o in outcomes:
             if o["status"] == "skipped":
