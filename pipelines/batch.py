@@ -329,6 +329,13 @@ class _Runner:
         return record
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _exists(run_id: str) -> bool:
     try:
         _runs.load_run(run_id)
@@ -433,18 +440,24 @@ async def arun(
         from serving.lm import current_queued
 
         preparing = asyncio.Semaphore(PREPARING)
+        loop = asyncio.get_running_loop()
 
         async def worker() -> None:
             while queue:
                 item = queue.pop()
                 await preparing.acquire()
-                held = True
+                held = [True]  # popped once (atomically): the slot is given back once
 
                 def queued() -> None:  # the item's set-up is over: the next one's begins
-                    nonlocal held
-                    if held:
-                        held = False
+                    try:
+                        held.pop()
+                    except IndexError:
+                        return
+                    # A resumed run may call the model from a worker thread's own loop.
+                    if _running_loop() is loop:
                         preparing.release()
+                    else:
+                        loop.call_soon_threadsafe(preparing.release)
 
                 token = current_queued.set(queued)
                 try:
