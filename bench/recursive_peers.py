@@ -116,12 +116,14 @@ class Script:
     def sleep(self, latency: float) -> None:
         started = time.perf_counter()
         time.sleep(latency)
-        with self.lock:
-            self.slept_s += time.perf_counter() - started
+        self._slept_since(started)
 
     async def sleep_async(self, latency: float) -> None:
         started = time.perf_counter()
         await asyncio.sleep(latency)
+        self._slept_since(started)
+
+    def _slept_since(self, started: float) -> None:
         with self.lock:
             self.slept_s += time.perf_counter() - started
 
