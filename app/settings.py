@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from app.errors import TomesError
@@ -80,7 +81,7 @@ class Settings:
     def __post_init__(self) -> None:
         _validate(self)
 
-    @property
+    @cached_property  # every model call opens the store through it (frozen: safe to keep)
     def db_path(self) -> Path:
         return self.home / "tomes.db"
 

@@ -15,8 +15,11 @@ Measured:
     in wall time and in CPU time
     (this process and its waited-for children: tomes' sandbox, rlms' threads), the
     second being steadier on a shared machine;
+    rlms also with its own logger on (a JSONL line per iteration; off by default), and
+    how much of tomes' time is its call log (a durable SQLite row per model call);
   - sandbox start-up: tomes' ``Sandbox`` with the book as ``context`` until its first
-    block has run, against rlms' ``LocalREPL`` with the same context;
+    block has run, against rlms' ``LocalREPL`` with the same context; the round trip of
+    an empty block;
   - 64 batched sub-calls of latency L at capacity 8 (goal: under 64·L/4; the floor is
     64·L/8), timed inside the REPL by the model's own code;
   - a planted fact in a whole book, a scripted root that greps then reads: calls and
@@ -32,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
 import random
 import re
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -204,9 +209,15 @@ def run_tomes(doc: int, script: Script, iterations: int, mode: str = "code") -> 
 _stopped: list[float] = []
 
 
-def run_rlms(context: str, script: Script, iterations: int) -> tuple[float, Any]:
+_LOGS = tempfile.mkdtemp(prefix="rlms-logs-")  # ~33 MB a 21-iteration run: removed at exit
+atexit.register(shutil.rmtree, _LOGS, True)
+
+
+def run_rlms(context: str, script: Script, iterations: int, logged: bool = False) -> tuple[float, Any]:
     """Timed up to the moment rlms stops its LM server: ``socketserver``'s shutdown then
-    waits for a poll of up to 0.5 s, a fixed cost that is not rlms' work."""
+    waits for a poll of up to 0.5 s, a fixed cost that is not rlms' work. ``logged``:
+    with rlms' own logger writing every iteration to a JSONL file (off by default in
+    rlms; tomes always keeps its call log)."""
     import rlm.core.lm_handler as handler
     import rlm.core.rlm as core
 
@@ -220,8 +231,11 @@ def run_rlms(context: str, script: Script, iterations: int) -> tuple[float, Any]
 
         stop.timed = True  # type: ignore[attr-defined]
         handler.LMHandler.stop = stop
+    from rlm.logger import RLMLogger
+
     rlm = core.RLM(backend="openai", backend_kwargs={"model_name": "scripted"},
-                   environment="local", max_iterations=iterations + 1, max_depth=1)
+                   environment="local", max_iterations=iterations + 1, max_depth=1,
+                   logger=RLMLogger(log_dir=_LOGS) if logged else None)
     started = time.perf_counter()
     result = rlm.completion(context, root_prompt="What does the text say?")
     return _stopped[-1] - started, result
@@ -241,6 +255,35 @@ STEPS = {
 }
 
 
+class _CallLogClock:
+    """Time tomes spends writing its call log (a durable row per model call), to show
+    how much of its per-iteration overhead that is."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.installed = False
+
+    def install(self) -> None:
+        from serving import calllog
+
+        if self.installed:
+            return
+        original = calllog.record
+
+        def record(**values: Any) -> int:
+            started = time.perf_counter()
+            try:
+                return original(**values)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        calllog.record = record
+        self.installed = True
+
+
+CALL_LOG = _CallLogClock()
+
+
 def _cpu() -> float:
     own, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
@@ -251,21 +294,30 @@ def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) ->
     one-off costs (imports, start-up) cancel; the fastest of ``repeats`` (the machine is
     shared: the minimum is the least disturbed)."""
     step = STEPS[kind]
-    samples: dict[str, dict[int, list[float]]] = {"tomes": {}, "rlms": {}}
-    cpu: dict[str, dict[int, list[float]]] = {"tomes": {}, "rlms": {}}
-    for name in ("tomes", "rlms"):  # warm-up: imports and first-use caches
+    names = ("tomes", "rlms", "rlms_logged")
+    samples: dict[str, dict[int, list[float]]] = {name: {} for name in names}
+    cpu: dict[str, dict[int, list[float]]] = {name: {} for name in names}
+
+    def run(name: str, script: Script, n: int) -> tuple[float, Any]:
+        if name == "tomes":
+            return run_tomes(doc, script, n)
+        return run_rlms(context, script, n, logged=name == "rlms_logged")
+
+    CALL_LOG.install()
+    log_s: dict[int, list[float]] = {}
+    for name in names:  # warm-up: imports and first-use caches
         final = (tomes_final if name == "tomes" else rlms_final)("len(context)")
-        script = Script([step, final])
-        run_tomes(doc, script, 2) if name == "tomes" else run_rlms(context, script, 2)
+        run(name, Script([step, final]), 2)
     for _ in range(repeats):
-        for name in ("tomes", "rlms"):  # interleaved: both see the same machine load
+        for name in names:  # interleaved: all see the same machine load
             final = (tomes_final if name == "tomes" else rlms_final)("len(context)")
             for n in (1, 21):
                 script = Script([step] * (n - 1) + [final], latency_root=latency,
                                 latency_sub=latency)
-                used = _cpu()
-                seconds, result = (run_tomes(doc, script, n) if name == "tomes"
-                                   else run_rlms(context, script, n))
+                used, logged = _cpu(), CALL_LOG.seconds
+                seconds, result = run(name, script, n)
+                if name == "tomes":
+                    log_s.setdefault(n, []).append(CALL_LOG.seconds - logged)
                 used = _cpu() - used - script.model_cpu_s
                 seconds -= script.model_s + script.slept_s
                 answer = result.answer if name == "tomes" else result.response
@@ -283,6 +335,10 @@ def overhead(doc: int, context: str, repeats: int, kind: str, latency: float) ->
                                        / max(out["rlms"]["per_iteration_ms"], 1e-3), 2)
     out["cpu_ratio_tomes_to_rlms"] = round(out["tomes"]["per_iteration_cpu_ms"]
                                            / max(out["rlms"]["per_iteration_cpu_ms"], 1e-3), 2)
+    out["tomes"]["call_log_ms_per_iteration"] = round(
+        1000 * (statistics.mean(log_s[21]) - statistics.mean(log_s[1])) / 20, 2)
+    out["ratio_tomes_to_rlms_logged"] = round(out["tomes"]["per_iteration_ms"]
+                                              / max(out["rlms_logged"]["per_iteration_ms"], 1e-3), 2)
     return out
 
 
@@ -304,14 +360,23 @@ def startup(context: str, repeats: int) -> dict[str, Any]:
         box.run("pass")
         return box
 
+    box = tomes_sandbox("")
+    trips = []
+    for _ in range(20 * repeats):
+        started = time.perf_counter()
+        box.run("pass")
+        trips.append(time.perf_counter() - started)
+    box.close()
     return {
+        "tomes_sandbox_round_trip_ms": round(1000 * statistics.median(trips), 3),
         "tomes_sandbox_book_ms": timed(lambda: tomes_sandbox(context)),
         "tomes_sandbox_empty_ms": timed(lambda: tomes_sandbox("")),
         "rlms_local_repl_book_ms": timed(lambda: LocalREPL(context_payload=context)),
         "rlms_local_repl_empty_ms": timed(lambda: LocalREPL(context_payload="")),
         "context_chars": len(context),
         "note": "tomes: a new locked-down process until its first block ran; rlms: an exec "
-                "namespace in its own process (the book written to a temp file and read back)",
+                "namespace in its own process (the book written to a temp file and read back). "
+                "Round trip: one empty block sent to tomes' sandbox and its result back",
     }
 
 

@@ -4,21 +4,25 @@ Every model call is one row: run id and parent call (so a run's calls form a tre
 node, backend, model, messages, parameters, response or error, tokens, latency, cache
 hit. The cache is the log itself: a call's ``cache_key`` is a hash of (backend, model,
 messages, parameters), and a later identical call reuses the newest successful row
-with that key. Writes go through the store's engine (and its pragmas): one short transaction
-per call, a fraction of a millisecond in WAL mode with synchronous=NORMAL.
+with that key. Writes go through the store's engine (and its pragmas); on SQLite through
+one connection kept open, each row inserted at once and committed within milliseconds
+with the rows written meanwhile (``app.store._kept``), in WAL mode with
+synchronous=NORMAL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from app.store import Call, open_store
+from app.store import Call, _kept, open_store
 from app.store.models import utcnow
 
 _calls = Call.__table__
@@ -29,10 +33,23 @@ _calls = Call.__table__
 STEP = "step"
 
 
-def cache_key(backend: str, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    payload = json.dumps(
-        [backend, model, messages, params], sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_messages(messages: list[dict[str, str]]) -> str:
+    """The messages as the key hashes them, and as the log stores them: one encoding of
+    a root prompt (the whole history) serves both."""
+    return _canonical(messages)
+
+
+def cache_key(backend: str, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+              *, encoded: str | None = None) -> str:
+    """The hash of ``[backend, model, messages, params]`` as compact sorted JSON (pieced
+    together around ``encoded``, when given: byte for byte the same, so keys written by
+    earlier versions still hit)."""
+    body = _canonical(messages) if encoded is None else encoded
+    payload = f"[{_canonical(backend)},{_canonical(model)},{body},{_canonical(params)}]"
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -101,32 +118,54 @@ def lookup(key: str, db_path: Path | str | None = None) -> Cached | None:
 
 def _cached(statement: str, params: tuple, db_path: Path | str | None) -> Cached | None:
     engine = open_store(db_path)
+    with _connection(engine) as conn:
+        cursor = conn.cursor()
+        row = cursor.execute(_sql(engine, statement), params).fetchone()
+        cursor.close()  # the statement's read lock ends with it
+        if engine.dialect.name != "sqlite":
+            conn.rollback()  # end the read transaction
+    return Cached(*row) if row else None
+
+
+@contextmanager
+def _connection(engine: Any, *, write: bool = False) -> Iterator[Any]:
+    """SQLite: the engine's kept connection, a ``write`` committed within milliseconds
+    with whatever else was written (``app.store._kept``); PostgreSQL: one from the pool
+    (which pings it first), a ``write`` committed at once."""
+    if engine.dialect.name == "sqlite":
+        with _kept.connection(engine, write=write) as conn:
+            yield conn
+        return
     conn = engine.raw_connection()
     try:
-        row = conn.cursor().execute(_sql(engine, statement), params).fetchone()
-        conn.rollback()  # end the read transaction
+        yield conn
+        if write:
+            conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
     finally:
         conn.close()  # back to the pool
-    return Cached(*row) if row else None
 
 
 def record(
     *, run_id: str | None, parent_id: int | None, node: str | None, backend: str, model: str,
-    messages: list[dict[str, str]], params: dict[str, Any], response: str | None,
+    messages: list[dict[str, str]] | str, params: dict[str, Any], response: str | None,
     prompt_tokens: int = 0, completion_tokens: int = 0, latency_ms: float = 0.0,
     error: str | None = None, cache_hit: bool = False, key: str | None = None,
     db_path: Path | str | None = None, cached_tokens: int = 0,
 ) -> int:
     """Write one call; returns its id. Values are stored the way the ``Call`` model
-    reads them (JSON text, SQLAlchemy's datetime format)."""
+    reads them (JSON text, SQLAlchemy's datetime format); ``messages`` may come encoded
+    already (``encode_messages``)."""
     values = (
-        run_id, parent_id, node, backend, model, json.dumps(messages), json.dumps(params), response,
-        int(prompt_tokens), int(completion_tokens), float(latency_ms), error, int(bool(cache_hit)), key,
-        utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), int(cached_tokens),
+        run_id, parent_id, node, backend, model,
+        messages if isinstance(messages, str) else json.dumps(messages), json.dumps(params),
+        response, int(prompt_tokens), int(completion_tokens), float(latency_ms), error,
+        int(bool(cache_hit)), key, utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), int(cached_tokens),
     )
     engine = open_store(db_path)
-    conn = engine.raw_connection()
-    try:
+    with _connection(engine, write=True) as conn:
         cursor = conn.cursor()
         if engine.dialect.name == "postgresql":
             values = (*values[:12], bool(cache_hit), key, utcnow(), int(cached_tokens))
@@ -134,12 +173,6 @@ def record(
         else:
             cursor.execute(_INSERT, values)
             call_id = cursor.lastrowid
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
     return int(call_id)
 
 
@@ -153,14 +186,10 @@ def finish_step(step_id: int, db_path: Path | str | None = None) -> None:
     """The step's wall time, from its start (a step may end in another process, after a
     resume)."""
     engine = open_store(db_path)
-    conn = engine.raw_connection()
-    try:
+    with _connection(engine, write=True) as conn:
         conn.cursor().execute(
             _sql(engine, _FINISH_STEP),
             (utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), step_id, STEP))
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def _preview(text: str | None, width: int = 80) -> str:

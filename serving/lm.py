@@ -278,8 +278,9 @@ class LM:
         run_id, parent_id = current_run.get(), current_parent.get()
         # The endpoint is part of the key: two servers may serve one model name differently.
         endpoint = getattr(self.backend, "base_url", None)
+        encoded = calllog.encode_messages(messages)  # once: the key and the log row
         key = calllog.cache_key(backend, model, messages, {**params, "endpoint": endpoint}
-                                if endpoint else params)
+                                if endpoint else params, encoded=encoded)
         entry = dict(run_id=run_id, parent_id=parent_id, node=node, backend=backend, model=model,
                      params=params, key=key)
 
@@ -295,7 +296,7 @@ class LM:
             if hit is not None:
                 latency = time.perf_counter() - started
                 call_id = self._record(
-                    messages=messages, response=hit.response, prompt_tokens=hit.prompt_tokens,
+                    messages=encoded, response=hit.response, prompt_tokens=hit.prompt_tokens,
                     completion_tokens=hit.completion_tokens, latency_ms=latency * 1000,
                     cache_hit=True, **entry,
                 )
@@ -324,7 +325,7 @@ class LM:
                                               f"waiting for {model}", WAIT_NOTICE_S)
                 except BaseException as exc:
                     if not isinstance(exc, asyncio.CancelledError):
-                        self._record(messages=messages, response=None,
+                        self._record(messages=encoded, response=None,
                                      latency_ms=(time.perf_counter() - started) * 1000,
                                      error=f"{type(exc).__name__}: {exc}", **entry)
                     raise
@@ -335,7 +336,7 @@ class LM:
             empty = not response.text.strip()
             served = getattr(response, "endpoint", None)
             response.call_id = self._record(
-                messages=messages, response=response.text,
+                messages=encoded, response=response.text,
                 prompt_tokens=response.usage.prompt_tokens,
                 completion_tokens=response.usage.completion_tokens, latency_ms=latency * 1000,
                 cached_tokens=response.usage.cached_tokens,
@@ -418,13 +419,18 @@ class LM:
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine from sync code, even when this thread already runs an event loop
     (a notebook, Streamlit): then on a worker thread, with the same context variables."""
+    from app.store import _kept
+
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    ctx = contextvars.copy_context()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(ctx.run, asyncio.run, coro).result()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        ctx = contextvars.copy_context()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(ctx.run, asyncio.run, coro).result()
+    finally:
+        _kept.flush_all()  # the call-log rows whose commit timer went with the loop
 
 
 def get_lm(backend: str | Backend | None = None, **backend_kwargs: Any) -> LM:

@@ -211,3 +211,73 @@ def test_quick_iterations_share_a_checkpoint_and_slow_ones_each_get_one(
     # input, the iterations' step(s), the answer
     assert checkpoints("r-slow") >= 6 + 2
     assert checkpoints("r-quick") <= 4
+
+
+def _grep_then_answer(steps: int, fail_at: int | None = None):
+    def reply(req: ChatRequest) -> str:
+        step = len(re.findall(r"^\d+\. ", req.messages[1]["content"], re.M)) + 1
+        if step == fail_at:
+            raise BackendError("the model server went away", "start it again")
+        return _act("answer", "Under the blue stone.") if step == steps else _act("grep", f"rain {step}")
+    return reply
+
+
+def _checkpoint_bytes(run_id: str) -> tuple[int, int]:
+    """(bytes in the thread's checkpoints, bytes in its writes)."""
+    import sqlite3
+
+    from app.settings import get_settings
+
+    with sqlite3.connect(get_settings().checkpoint_path) as conn:
+        return tuple(conn.execute(f"select coalesce(sum(length({col})), 0) from {table} "
+                                  "where thread_id = ?", (run_id,)).fetchone()[0]
+                     for table, col in (("checkpoints", "checkpoint"), ("writes", "value")))
+
+
+def test_checkpoints_store_each_iteration_once_not_the_history_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One checkpoint per iteration (any real model): a checkpoint holding the whole
+    history grows the file with the square of the run's length."""
+    doc = _book(tmp_path)
+
+    def reply(req: ChatRequest) -> str:
+        step = _assistants(req) + 1
+        return "```repl\nFINAL('done')\n```" if step == 30 else \
+            f"```repl\nprint({step}, context[:600])\n```"
+
+    monkeypatch.setattr(recursive, "CHECKPOINT_EVERY_S", 0.0)
+    result = recursive.ask(doc, "Where is the key?", mode="code", run_id="r-long",
+                           max_iterations=40,
+                           lm=LM(ScriptedBackend(reply, context_window=32768), cache=False))
+    assert result.answer == "done" and result.details["iterations"] == 30
+    checkpoints, writes = _checkpoint_bytes("r-long")
+    # The iterations are in the writes once; the checkpoints only point at them.
+    assert writes > 29 * 600
+    assert checkpoints < writes
+
+
+def test_a_run_checkpointed_with_the_plain_list_reducer_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints written before the delta channel (the whole list in each) still load."""
+    import operator
+    from typing import Annotated, TypedDict
+
+    old = TypedDict("State", {  # noqa: UP013 - the functional form names the fields as stored
+        **{k: v for k, v in recursive.State.__annotations__.items()},
+        "iterations": Annotated[list[dict[str, Any]], operator.add],
+    }, total=False)
+    doc = _book(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(recursive, "State", old)
+        patch.setattr(recursive, "CHECKPOINT_EVERY_S", 0.0)
+        first = ScriptedBackend(_grep_then_answer(5, fail_at=4))
+        with pytest.raises(Exception, match="went away"):
+            recursive.ask(doc, "Where is the key?", mode="actions", run_id="r-old",
+                          lm=LM(first, cache=False))
+    checkpoints, writes = _checkpoint_bytes("r-old")
+    assert checkpoints > writes  # the old format: the list in every checkpoint
+    second = ScriptedBackend(_grep_then_answer(5))
+    result = recursive.resume("r-old", lm=LM(second, cache=False))
+    assert result.answer == "Under the blue stone."
+    assert result.details["iterations"] == 5
+    assert len(second.requests) == 2  # steps 4 and 5: the three before were kept

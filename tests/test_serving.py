@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -33,6 +36,7 @@ from serving.launcher import plan
 from serving.tokenizers import active_tokenizer, for_backend
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def calls() -> list[Call]:
@@ -500,6 +504,147 @@ def test_the_cache_key_includes_the_endpoint():
     b2.base_url = "http://127.0.0.1:8002/v1"
     r = lm2.chat("hello")
     assert not r.cache_hit and r.text == "from server two"
+
+
+def test_cache_keys_are_those_earlier_versions_wrote():
+    """The key is pieced around the messages' one encoding (shared with the log row); it
+    must stay the hash of the whole list as before, or every cached reply is missed."""
+    import hashlib
+    import random
+
+    from serving import calllog
+
+    rng = random.Random(3)
+    words = ["plain", "naïve café", "\u201cquoted\u201d", "tab\tnew\nline", "日本語", "\\", '"']
+    for _ in range(200):
+        messages = [{"role": rng.choice(["system", "user", "assistant"]),
+                     "content": " ".join(rng.choices(words, k=rng.randint(0, 6)))}
+                    for _ in range(rng.randint(1, 4))]
+        params = {"max_tokens": rng.randint(1, 999), "temperature": rng.random(),
+                  "stop": rng.choice([None, ["\n\n"]]), "json_schema": rng.choice(
+                      [None, {"type": "object", "properties": {"b": {}, "a": {}}}])}
+        backend, model = rng.choice(["scripted", "openai"]), rng.choice(["m", "Qwen/ü"])
+        before = hashlib.sha256(json.dumps([backend, model, messages, params], sort_keys=True,
+                                           ensure_ascii=False, separators=(",", ":"))
+                                .encode("utf-8")).hexdigest()
+        encoded = calllog.encode_messages(messages)
+        assert calllog.cache_key(backend, model, messages, params, encoded=encoded) == before
+        assert calllog.cache_key(backend, model, messages, params) == before
+        assert json.loads(encoded) == messages
+
+
+def test_call_log_writes_from_many_threads_and_after_the_store_moves(tmp_path):
+    """The call log keeps one SQLite connection open per store, shared under a lock: every
+    thread's rows land with their own ids, and a new store (dispose_all, another home)
+    gets a connection of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.store.db import dispose_all
+    from serving import calllog
+
+    def write(i: int) -> int:
+        return calllog.record(run_id="threads", parent_id=None, node="map", backend="scripted",
+                              model="m", messages=[{"role": "user", "content": f"q{i}"}],
+                              params={}, response=f"a{i}", key=f"k{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(write, range(200)))
+    assert len(set(ids)) == 200
+    assert calllog.lookup("k123").response == "a123"
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Call).where(Call.run_id == "threads")) == 200
+    dispose_all()
+    with settings.override(home=tmp_path / "elsewhere"):
+        write(1000)
+        assert calllog.lookup("k1000").response == "a1000"
+        assert calllog.lookup("k123") is None  # a store of its own
+    dispose_all()
+    assert calllog.lookup("k1000") is None and calllog.lookup("k123").response == "a123"
+
+
+def _log_row(i: int, run_id: str = "commits") -> int:
+    from serving import calllog
+
+    return calllog.record(run_id=run_id, parent_id=None, node="map", backend="scripted",
+                          model="m", messages=[{"role": "user", "content": f"q{i}"}],
+                          params={}, response=f"a{i}", key=f"k{i}")
+
+
+def _other_sees(connection, run_id: str, rows: int, within: float = 2.0) -> float:
+    """Seconds until another connection counts ``rows`` of ``run_id`` (fails after
+    ``within``)."""
+    import time
+
+    started = time.monotonic()
+    while connection.execute("select count(*) from calls where run_id = ?",
+                             (run_id,)).fetchone()[0] < rows:
+        assert time.monotonic() - started < within, "the rows were never committed"
+        time.sleep(0.001)
+    return time.monotonic() - started
+
+
+def test_call_log_rows_are_seen_at_once_here_and_within_milliseconds_elsewhere():
+    """On a loop, rows are committed in groups by a timer: this process's own sessions
+    commit them first, other connections see them within milliseconds, and a writer
+    elsewhere waits for that commit, not for the next model call."""
+    import sqlite3
+
+    async def main() -> sqlite3.Connection:
+        _log_row(0)
+        other = sqlite3.connect(settings.get_settings().db_path, timeout=5,
+                                check_same_thread=False)  # another connection
+        with session_scope() as s:  # this process: at once
+            assert s.scalar(select(func.count()).select_from(Call)
+                            .where(Call.run_id == "commits")) == 1
+        _log_row(1)
+        assert await asyncio.to_thread(_other_sees, other, "commits", 2) < 0.25
+        _log_row(2)
+
+        def update() -> None:
+            with other:
+                other.execute("update calls set node = 'seen' where run_id = 'commits'")
+
+        await asyncio.wait_for(asyncio.to_thread(update), 2.0)
+        return other
+
+    other = asyncio.run(main())
+    assert other.execute("select count(*) from calls where node = 'seen'").fetchone()[0] == 3
+    other.close()
+
+
+def test_rows_whose_loop_ended_before_their_commit_are_committed_soon_after():
+    """A caller's own asyncio.run may end within the commit delay: the watchdog commits."""
+    import sqlite3
+
+    async def one() -> None:
+        _log_row(7, "loop-gone")
+
+    asyncio.run(one())
+    other = sqlite3.connect(settings.get_settings().db_path, timeout=5)
+    assert _other_sees(other, "loop-gone", 1, within=3.0) < 3.0
+    other.close()
+
+
+def test_a_killed_process_keeps_the_call_log_rows_written_before_the_last_milliseconds(tmp_path):
+    code = textwrap.dedent("""
+        import asyncio, os, signal, sys
+        sys.path.insert(0, sys.argv[1])
+        from tests.test_serving import _log_row
+
+        async def main():
+            for i in range(100):
+                _log_row(i, "killed")
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.2)  # a model call, say
+            os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no flush
+
+        asyncio.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], env={**os.environ},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Call).where(Call.run_id == "killed")) == 100
 
 
 def test_ctrl_c_while_the_server_loads_stops_it_and_its_workers(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.errors import TomesError
+from app.store import _kept
 from app.settings import get_settings
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -71,6 +72,7 @@ def open_store(path: Path | str | None = None) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(f"sqlite:///{path}")
             event.listen(engine, "connect", _set_pragmas)
+            _kept.watch(engine)
             _migrate(engine, path)
             _engines[key] = engine
         if path.is_absolute():
@@ -218,6 +220,7 @@ def dispose_all() -> None:
     """Close every engine (tests switch TOMES_HOME between cases)."""
     with _lock:
         for engine in _engines.values():
+            _kept.drop(engine)
             engine.dispose()
         _engines.clear()
         _by_path.clear()
