@@ -158,12 +158,13 @@ class Recursive:
         history = state.get("iterations", [])
         await self._open(history)
         records: list[dict[str, Any]] = []
+        so_far = list(history)  # and this node's records
         usage: dict[str, int] = {}
         started = time.monotonic()
         while True:  # see CHECKPOINT_EVERY_S
             trace = Trace()
             try:
-                record = await self.root.step([*history, *records], trace)
+                record = await self.root.step(so_far, trace)
             except Exception as exc:
                 if not records:
                     raise
@@ -173,8 +174,9 @@ class Recursive:
                 return Command(update={"iterations": records, "usage": usage}, goto="iterate")
             record.update(trace.to_record())
             records.append(record)
+            so_far.append(record)
             usage = add_usage(usage, trace.usage)
-            goto = self.route([*history, *records])
+            goto = self.route(so_far)
             if goto != "iterate" or time.monotonic() - started >= CHECKPOINT_EVERY_S:
                 break
         # The node names the next one itself: a conditional edge is one more runnable (and

@@ -160,7 +160,7 @@ def record(
     already (``encode_messages``)."""
     values = (
         run_id, parent_id, node, backend, model,
-        messages if isinstance(messages, str) else json.dumps(messages), json.dumps(params),
+        messages if isinstance(messages, str) else encode_messages(messages), json.dumps(params),
         response, int(prompt_tokens), int(completion_tokens), float(latency_ms), error,
         int(bool(cache_hit)), key, utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"), int(cached_tokens),
     )

@@ -543,9 +543,7 @@ def test_call_log_writes_from_many_threads_and_after_the_store_moves(tmp_path):
     from serving import calllog
 
     def write(i: int) -> int:
-        return calllog.record(run_id="threads", parent_id=None, node="map", backend="scripted",
-                              model="m", messages=[{"role": "user", "content": f"q{i}"}],
-                              params={}, response=f"a{i}", key=f"k{i}")
+        return _log_row(i, "threads")
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(write, range(200)))

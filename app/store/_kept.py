@@ -58,8 +58,8 @@ class _Kept:
         except RuntimeError:
             self.commit()
             return
-        timer = self.timer
-        if timer is None or timer[0].is_closed() or (timer[0] is loop and timer[1].cancelled()):
+        # One timer at a time (``_due`` clears it); one whose loop is gone is replaced.
+        if self.timer is None or self.timer[0].is_closed():
             self.timer = (loop, loop.call_later(COMMIT_WITHIN_S, self._due))
         _watchdog()
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.errors import TomesError
-from app.store import _kept
 from app.settings import get_settings
+from app.store import _kept
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _lock = threading.Lock()
