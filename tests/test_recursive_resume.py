@@ -281,3 +281,4 @@ def test_a_run_checkpointed_with_the_plain_list_reducer_resumes(
     assert result.answer == "Under the blue stone."
     assert result.details["iterations"] == 5
     assert len(second.requests) == 2  # steps 4 and 5: the three before were kept
+    assert result.cache_hits == 0  # ... by the checkpoint, not replayed from the call log
